@@ -1,0 +1,105 @@
+"""Per-image decoding and checks: full decodes (truncation is an error), RGB conversion,
+class-index masks, multi-hot labels and the per-image digest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from pipeline.data.layout import IGNORE_INDEX, DatasetError
+
+# What PIL raises on a broken or non-image file, depending on the format plugin.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+_MASK_MODES = ("P", "L")
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"cannot read {what} {path}: {err}") from err
+
+
+def _decode(data: bytes, path: Path, what: str) -> Image.Image:
+    """Fully decoded PIL image; a truncated or non-image file raises ``DatasetError``."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # A process-wide switch some training code flips; with it, a cut-off JPEG decodes
+        # silently as grey. Not the data's fault, so not a DatasetError.
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled, so truncated images would be "
+            f"accepted silently (while reading {path}); set it back to False"
+        )
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except _DECODE_ERRORS as err:
+        raise DatasetError(
+            f"unreadable or truncated {what} {path}: {type(err).__name__}: {err}"
+        ) from err
+    return image
+
+
+def decode_image(data: bytes, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; grayscale, palette, CMYK and alpha images are converted
+    (alpha is dropped, not composited). EXIF orientation is not applied: annotations
+    refer to the stored pixel grid."""
+    image = _decode(data, path, "image")
+    if image.mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except ValueError as err:
+            raise DatasetError(f"image {path} has mode {image.mode!r}, not convertible to RGB") from err
+    return np.array(image, dtype=np.uint8)
+
+
+def decode_mask(data: bytes, path: Path) -> np.ndarray:
+    """(H, W) uint8 class indices from a palette ('P', indices read, never the colours)
+    or 8-bit grayscale ('L') PNG."""
+    image = _decode(data, path, "mask")
+    if image.mode not in _MASK_MODES:
+        raise DatasetError(
+            f"mask {path} has mode {image.mode!r}; expected a palette ('P') or 8-bit grayscale "
+            "('L') image of class indices (an RGB colour mask must be mapped back to indices)"
+        )
+    return np.array(image, dtype=np.uint8)
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """(C,) uint8 multi-hot: class k (0-based) set <=> value k + 1 occurs in ``mask``.
+
+    Values 0 (background) and 255 (ignore) carry no label; any other value above C raises.
+    """
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # sorted values in mask
+    bad = present[(present > num_classes) & (present != IGNORE_INDEX)]
+    if bad.size:
+        raise DatasetError(
+            f"mask {path} has values {bad.tolist()} outside the allowed range 0..{num_classes} "
+            f"(0 = background, 1..{num_classes} = classes, {IGNORE_INDEX} = ignore)"
+        )
+    labels = np.zeros(num_classes, dtype=np.uint8)
+    foreground = present[(present >= 1) & (present <= num_classes)]
+    labels[foreground - 1] = 1
+    return labels
+
+
+def pair_digest(image_bytes: bytes, mask_bytes: bytes) -> bytes:
+    """sha256 over the length-prefixed image bytes then mask bytes (32 bytes)."""
+    digest = hashlib.sha256()
+    for data in (image_bytes, mask_bytes):
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.digest()

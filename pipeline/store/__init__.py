@@ -1,0 +1,1 @@
+"""Artifact layouts: the only code that reads and writes zarr and HDF5 files."""

@@ -1,0 +1,1 @@
+"""Thin DVC stage commands: parse params, call the library, write artifacts."""

@@ -1,0 +1,31 @@
+"""The `diclip` command: one subcommand per DVC stage, plus utilities."""
+
+from __future__ import annotations
+
+import click
+
+from stages.common import setup_logging
+from stages.params_cmd import params_group
+from stages.prepare import prepare_command
+from stages.shapes import shapes_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More logging (-v: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.version_option(package_name="diclip")
+def main(verbose: int, quiet: bool) -> None:
+    """diclip: DiCLIP weakly supervised segmentation as a reproducible DVC pipeline.
+
+    Stages (run them all with `dvc repro`; each reads params.yaml): shapes generate (demo data),
+    prepare (validate + index the dataset). Utilities: params (check, show, preset).
+    """
+    setup_logging(-1 if quiet else verbose)
+
+
+main.add_command(shapes_group)
+main.add_command(prepare_command)
+main.add_command(params_group)
+
+if __name__ == "__main__":
+    main()

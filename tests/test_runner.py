@@ -1,0 +1,120 @@
+"""The runner on a real LocalCluster: same bytes as in-process, failures collected, resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.params import RunnerParams
+from pipeline.runner import ImageFailures, Runner, run_per_image
+from pipeline.store.image_store import ImageStore
+from tests.runner_tasks import SPECS, PlantedTask, computed_ids, expected
+
+ROOT = Path(__file__).resolve().parent.parent
+STAMP = {"stage": "test", "params_hash": "abc"}
+SCRIPT_STAMP = {"stage": "t", "params_hash": "p"}  # what tests/runner_script.py stamps
+
+
+def make_store(path: Path, n: int, shard: int) -> ImageStore:
+    ids = [f"img_{i:04d}" for i in range(n)]
+    return ImageStore.create_or_resume(path, ids=ids, specs=SPECS, attrs=STAMP, shard_images=shard)
+
+
+def assert_planted(store: ImageStore) -> None:
+    for i, image_id in enumerate(store.ids()):
+        want = expected(image_id)
+        np.testing.assert_array_equal(store.read("x", i), want["x"])
+        assert store.read("k", i) == want["k"]
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_local_cluster_writes_the_same_bytes_as_one_process(tmp_path):
+    single = make_store(tmp_path / "single.zarr", 23, shard=4)
+    report = run_per_image(PlantedTask(), single, RunnerParams(in_process=True))
+    assert report.computed == 23 and report.already_done == 0
+    single.mark_complete()
+
+    with Runner(RunnerParams(n_workers=2)) as runner:
+        cluster = make_store(tmp_path / "cluster.zarr", 23, shard=4)
+        runner.run(PlantedTask(), cluster)
+        assert len(runner.client().scheduler_info()["workers"]) == 2
+        cluster.mark_complete()
+
+    assert_planted(single)
+    a, b = tree_bytes(tmp_path / "single.zarr"), tree_bytes(tmp_path / "cluster.zarr")
+    assert a.keys() == b.keys() and len(a) > 5
+    assert a == b
+    # sharding: one shard file per block of 4 images, not one file per image
+    assert len(list((tmp_path / "single.zarr" / "x" / "c").iterdir())) == 6
+
+
+def test_failed_images_are_listed_and_only_they_are_retried(tmp_path):
+    store = make_store(tmp_path / "s.zarr", 10, shard=3)
+    bad = ("img_0004", "img_0007")
+    with pytest.raises(ImageFailures) as info:
+        run_per_image(PlantedTask(fail_ids=bad, log_dir=str(tmp_path)), store, RunnerParams(in_process=True))
+    assert set(info.value.failures) == set(bad)
+    assert "img_0004" in str(info.value) and "planted failure" in str(info.value)
+    assert store.done().sum() == 8 and not store.done()[4] and not store.done()[7]
+
+    log2 = tmp_path / "second"
+    log2.mkdir()
+    report = run_per_image(PlantedTask(log_dir=str(log2)), store, RunnerParams(in_process=True))
+    assert sorted(computed_ids(log2)) == list(bad)
+    assert report.computed == 2 and report.already_done == 8
+    store.mark_complete()
+    assert_planted(store)
+
+
+def test_resume_after_kill_computes_only_missing_images(tmp_path):
+    n, shard = 48, 8
+    store_path, log1 = tmp_path / "k.zarr", tmp_path / "log1"
+    log1.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.runner_script", str(store_path), str(n), str(shard), "0.15", str(log1)],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            staging = store_path.with_name(store_path.name + ".staging")
+            done = ImageStore.open(store_path, require_complete=False).done().sum() if (store_path / "zarr.json").exists() else 0
+            staged = len(list(staging.glob("*.npz"))) if staging.exists() else 0
+            if done >= shard and staged >= 2:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never got part-way")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run: the driver and its dask workers
+        proc.wait()
+
+    store = ImageStore.open(store_path, require_complete=False)
+    assert not store.attrs["complete"]
+    staging = store_path.with_name(store_path.name + ".staging")
+    done = store.done()
+    staged = {int(p.stem) for p in staging.glob("*.npz") if store.load_staged(int(p.stem)) is not None}
+    kept = {image_id for i, image_id in enumerate(store.ids()) if done[i] or i in staged}
+    assert 0 < len(kept) < n
+
+    log2 = tmp_path / "log2"
+    log2.mkdir()
+    store = ImageStore.create_or_resume(store_path, ids=store.ids(), specs=SPECS, attrs=SCRIPT_STAMP, shard_images=shard)
+    report = run_per_image(PlantedTask(log_dir=str(log2)), store, RunnerParams(n_workers=2))
+    recomputed = computed_ids(log2)
+    assert report.computed == len(recomputed) == n - len(kept), "the rerun recomputed work that was already durable"
+    assert set(recomputed) == set(store.ids()) - kept
+    store.mark_complete()
+    assert_planted(store)
+    assert not staging.exists()
