@@ -38,7 +38,8 @@ def test_scene_seed_is_stable_and_separates_splits_and_indices():
     # golden values: a change here silently changes every generated dataset
     assert scene_seed(0, "train", 5).generate_state(2).tolist() == [941173264, 1011108816]
     assert scene_seed(2024, "val", 123).generate_state(2).tolist() == [1597892172, 309142713]
-    states = {tuple(scene_seed(s, sp, i).generate_state(2)) for s in (0, 1) for sp in ("train", "val") for i in range(5)}
+    states = {tuple(scene_seed(s, sp, i).generate_state(2))
+              for s in (0, 1) for sp in ("train", "val") for i in range(5)}
     assert len(states) == 20
 
 
@@ -81,7 +82,9 @@ def test_layout_contents_match_rendered_scenes(tmp_path):
         assert np.array_equal(np.asarray(png), scene.mask)
         jpg = Image.open(root / "JPEGImages" / f"{name}.jpg")
         assert jpg.mode == "RGB" and not jpg.info.get("exif")
-        assert np.abs(np.asarray(jpg).astype(int) - scene.image).mean() < 4
+        error = np.abs(np.asarray(jpg).astype(int) - scene.image).mean()
+        other = np.abs(np.asarray(jpg).astype(int) - render_scene(scene_seed(9, "val", index + 5), config).image)
+        assert error < 8 and error < other.mean() / 3  # lossy, but this image's pixels
 
 
 def test_extending_a_split_keeps_existing_files(tmp_path):
@@ -160,7 +163,8 @@ def test_min_visible_controls_occlusion_drops():
                               and o.visible_area >= kw["min_visible_area"] * 64 * 64)
         return np.mean([not o.kept for o in objects])
 
-    lax, default, strict = (drop_rate(min_visible=v, min_visible_area=a) for v, a in ((0.0, 0.0), (0.3, 0.004), (0.95, 0.004)))
+    lax, default, strict = (drop_rate(min_visible=v, min_visible_area=a)
+                            for v, a in ((0.0, 0.0), (0.3, 0.004), (0.95, 0.004)))
     assert lax < default < strict
 
 
@@ -247,7 +251,9 @@ def test_other_image_sizes(size):
     ("image_size", 8, "shapes.image_size must be an int >= 32, got 8"),
     ("image_size", 64.0, "shapes.image_size must be an int, got 64.0"),
     ("max_objects", True, "shapes.max_objects must be an int, got True"),
-    ("max_objects", 0, "shapes.max_objects must be an int >= shapes.min_objects (1), got 0"),
+    ("max_objects", 0, "shapes.max_objects must be an int in [shapes.min_objects (1), 255], got 0"),
+    ("max_objects", 300, "shapes.max_objects must be an int in [shapes.min_objects (1), 255], got 300"),
+    ("min_noise_std", -0.01, "shapes.min_noise_std must be a number in [0, 0.5], got -0.01"),
     ("min_visible", 1.5, "shapes.min_visible must be a number in [0, 1], got 1.5"),
     ("boat_water_prob", -0.1, "shapes.boat_water_prob must be a number in [0, 1], got -0.1"),
     ("max_scale", 0.05, "shapes.max_scale must be a number in [shapes.min_scale (0.08), 0.5], got 0.05"),

@@ -48,14 +48,14 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from pipeline.data import shapes_render as R
+from pipeline.data import shapes_render
 
 log = logging.getLogger(__name__)
 
 #: foreground class names; mask value k (1..C) is CLASS_NAMES[k-1]
-CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in R.OBJECT_CLASSES)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in shapes_render.OBJECT_CLASSES)
 #: one-line shape/texture description per class, same order as CLASS_NAMES
-CLASS_DESCRIPTIONS: tuple[str, ...] = tuple(c.description for c in R.OBJECT_CLASSES)
+CLASS_DESCRIPTIONS: tuple[str, ...] = tuple(c.description for c in shapes_render.OBJECT_CLASSES)
 BOAT = CLASS_NAMES.index("boat") + 1  # the mask value of the class that co-occurs with water
 
 FORMAT_VERSION = 1        # of the layout and shapes_world.json; bump on any change to what is written
@@ -110,7 +110,8 @@ class ShapesConfig:
                 object.__setattr__(self, f.name, float(value))
         _at_least(self, "image_size", 32, "an int >= 32")
         _at_least(self, "min_objects", 1, "an int >= 1")
-        _at_least(self, "max_objects", self.min_objects, f"an int >= shapes.min_objects ({self.min_objects})")
+        _at_least(self, "max_objects", self.min_objects, f"an int in [shapes.min_objects ({self.min_objects}), 255]",
+                  hi=255)
         _at_least(self, "jpeg_quality", 1, "an int in [1, 100]", hi=100)
         for name in ("min_visible", "boat_water_prob", "water_without_boat_prob", "stripe_prob"):
             _at_least(self, name, 0.0, "a number in [0, 1]", hi=1.0)
@@ -120,8 +121,9 @@ class ShapesConfig:
             _at_least(self, name, 0, "an int >= 0")
         _at_least(self, "max_clutter", self.min_clutter, f"an int >= shapes.min_clutter ({self.min_clutter})")
         for lo, hi, top in (("min_scale", "max_scale", 0.5), ("min_distractor_scale", "max_distractor_scale", 0.5),
-                            ("min_water_height", "max_water_height", 0.9), ("min_noise_std", "max_noise_std", 0.5)):
-            _positive_range(self, lo, hi, top)
+                            ("min_water_height", "max_water_height", 0.9)):
+            _range(self, lo, hi, top, zero_ok=False)
+        _range(self, "min_noise_std", "max_noise_std", 0.5, zero_ok=True)
 
 
 def _at_least(cfg: ShapesConfig, name: str, lo: float, expected: str, hi: float | None = None) -> None:
@@ -130,10 +132,10 @@ def _at_least(cfg: ShapesConfig, name: str, lo: float, expected: str, hi: float 
         raise ValueError(f"shapes.{name} must be {expected}, got {value!r}")
 
 
-def _positive_range(cfg: ShapesConfig, lo: str, hi: str, top: float) -> None:
+def _range(cfg: ShapesConfig, lo: str, hi: str, top: float, *, zero_ok: bool) -> None:
     low = getattr(cfg, lo)
-    if not 0.0 < low <= top:
-        raise ValueError(f"shapes.{lo} must be a number in (0, {top}], got {low!r}")
+    if not (0.0 <= low if zero_ok else 0.0 < low) or low > top:
+        raise ValueError(f"shapes.{lo} must be a number in {'[' if zero_ok else '('}0, {top}], got {low!r}")
     _at_least(cfg, hi, low, f"a number in [shapes.{lo} ({low}), {top}]", hi=top)
 
 
@@ -161,12 +163,15 @@ class Scene:
 def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     """The seed of image `index` of `split`: depends on nothing else, and is the same on every run and
     platform (the split name enters through SHA-256, never Python's salted hash())."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"shapes seed must be an int >= 0, got {seed!r}")
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"shapes image index must be an int >= 0, got {index!r}")
+    seed, index = _natural("shapes seed", seed), _natural("shapes image index", index)
     split_key = int.from_bytes(hashlib.sha256(split.encode("utf-8")).digest()[:8], "little")
     return np.random.SeedSequence(entropy=seed, spawn_key=(split_key, index))
+
+
+def _natural(what: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{what} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def render_scene(seed: int | np.random.SeedSequence, config: ShapesConfig) -> Scene:
@@ -179,12 +184,12 @@ def render_scene(seed: int | np.random.SeedSequence, config: ShapesConfig) -> Sc
     water_prob = cfg.boat_water_prob if BOAT in classes else cfg.water_without_boat_prob
     water = bool(rng.random() < water_prob)
 
-    img = R.background(rng, size, stripe_prob=cfg.stripe_prob,
+    img = shapes_render.background(rng, size, stripe_prob=cfg.stripe_prob,
                        n_clutter=int(rng.integers(cfg.min_clutter, cfg.max_clutter + 1)))
     water_top = size
     if water:
         water_top = size * (1.0 - rng.uniform(cfg.min_water_height, cfg.max_water_height))
-        band, colour = R.water_band(rng, size, water_top)
+        band, colour = shapes_render.water_band(rng, size, water_top)
         img[band] = colour[band]
     _draw_distractors(rng, img, cfg)
 
@@ -192,17 +197,18 @@ def render_scene(seed: int | np.random.SeedSequence, config: ShapesConfig) -> Sc
     radii, drawn = [], []
     for k, label in enumerate(classes, start=1):
         radius = size * math.exp(rng.uniform(math.log(cfg.min_scale), math.log(cfg.max_scale)))
-        cls = R.OBJECT_CLASSES[label - 1]
+        cls = shapes_render.OBJECT_CLASSES[label - 1]
         if label == BOAT:  # upright; with water, its hull's middle (v ~ 0.3 radii) sits on the band
             cx = rng.uniform(0.1, 0.9) * size
             if water:
                 cy = water_top + rng.uniform(0.05, 0.6) * (size - water_top) - 0.3 * radius
             else:
                 cy = rng.uniform(0.15, 0.85) * size
-            frame = R.make_frame(size, cx, cy, radius, rng.uniform(-0.25, 0.25), mirror=bool(rng.random() < 0.5))
+            angle, mirror = rng.uniform(-0.25, 0.25), bool(rng.random() < 0.5)
+            frame = shapes_render.make_frame(size, cx, cy, radius, angle, mirror=mirror)
         else:
             cx, cy = rng.uniform(0.15, 0.85, 2) * size
-            frame = R.make_frame(size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+            frame = shapes_render.make_frame(size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
         hue = cls.hue + rng.uniform(-cfg.hue_jitter, cfg.hue_jitter)
         area = 0
         if frame is not None:
@@ -221,7 +227,8 @@ def render_scene(seed: int | np.random.SeedSequence, config: ShapesConfig) -> Sc
     lut[1:len(classes) + 1] = np.where(kept, classes, 0)
     mask = lut[instances]
 
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(cfg.min_noise_std, cfg.max_noise_std))
+    noise_std = np.float32(rng.uniform(cfg.min_noise_std, cfg.max_noise_std))
+    img += rng.standard_normal(img.shape, dtype=np.float32) * noise_std
     image = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     objects = tuple(PlacedObject(int(c), float(r), int(d), int(v), bool(k))
                     for c, r, d, v, k in zip(classes, radii, drawn, visible, kept))
@@ -236,15 +243,15 @@ def _draw_distractors(rng: np.random.Generator, img: np.ndarray, cfg: ShapesConf
     n_texture = int(rng.integers(0, cfg.max_texture_distractors + 1))
     n_hue = int(rng.integers(0, cfg.max_hue_distractors + 1))
     for k in range(n_texture + n_hue):
-        cls = R.OBJECT_CLASSES[int(rng.integers(len(R.OBJECT_CLASSES)))]
+        cls = shapes_render.OBJECT_CLASSES[int(rng.integers(len(shapes_render.OBJECT_CLASSES)))]
         radius = size * rng.uniform(cfg.min_distractor_scale, cfg.max_distractor_scale)
         cx, cy = rng.uniform(0, size, 2)
-        frame = R.make_frame(size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+        frame = shapes_render.make_frame(size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
         if frame is None:
             continue
         hue = cls.hue + rng.uniform(-cfg.hue_jitter, cfg.hue_jitter)
-        shape = R.blob_mask(frame, rng)
-        colour = cls.draw(frame, rng, hue)[1] if k < n_texture else R.flat_blob_colour(frame, rng, hue)
+        shape = shapes_render.blob_mask(frame, rng)
+        colour = cls.draw(frame, rng, hue)[1] if k < n_texture else shapes_render.flat_blob_colour(frame, rng, hue)
         img[frame.rows, frame.cols][shape] = colour[shape]
 
 
@@ -322,7 +329,7 @@ def generate_dataset(root: str | Path, *, splits: Mapping[str, int], seed: int, 
     """
     root = Path(root)
     splits = _check_splits(splits)
-    scene_seed(seed, "", 0)  # validates the seed
+    seed = _natural("shapes seed", seed)
     if not isinstance(config, ShapesConfig):
         raise TypeError(f"config must be a ShapesConfig, got {type(config).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

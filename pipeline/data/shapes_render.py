@@ -28,7 +28,9 @@ def hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0)), F32)
 
 
-def random_colour(rng: Rng, sat: tuple[float, float] = (0.1, 0.9), val: tuple[float, float] = (0.15, 0.95)) -> np.ndarray:
+def random_colour(rng: Rng, sat: tuple[float, float] = (0.1, 0.9),
+                  val: tuple[float, float] = (0.15, 0.95)) -> np.ndarray:
+    """A colour of random hue, saturation in `sat` and value in `val`."""
     return hsv(rng.random(), rng.uniform(*sat), rng.uniform(*val))
 
 

@@ -2,7 +2,7 @@
 
 ``load_clip(model_name, pretrained)`` is the only way the pipeline gets a CLIP. ``model_name`` is
 an open_clip architecture name, either built in (``ViT-B-16-quickgelu``) or one of the tiny
-configs this module registers from ``tiny_configs/*.json`` (``diclip-tiny-vit-p8-64``).
+configs this module registers from ``tiny_configs/clip/*.json`` (``diclip-tiny-vit-p8-64``).
 ``pretrained`` is an open_clip tag (``"openai"``, ``"laion2b_s34b_b88k"``), a local checkpoint
 file, or ``None`` for random initialisation. Nothing downstream branches on real vs tiny.
 
@@ -51,7 +51,7 @@ from .hub import hf_hub_cache_dir, hub_offline, offline_remedy
 
 logger = logging.getLogger(__name__)
 
-TINY_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs"
+TINY_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "clip"
 TINY_CLIP_MODELS: tuple[str, ...] = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
 #: params key users set to point at a local CLIP checkpoint (quoted in error messages).
 CLIP_PRETRAINED_PARAM = "models.clip.pretrained"
@@ -65,10 +65,10 @@ _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16
 
 
 def register_tiny_clip_configs() -> None:
-    """Add ``tiny_configs/*.json`` to open_clip's architecture registry (idempotent).
+    """Add ``tiny_configs/clip/*.json`` to open_clip's architecture registry (idempotent).
 
-    open_clip registers only JSON files that carry ``embed_dim``, ``vision_cfg`` and ``text_cfg``,
-    so the diffusion component configs in subfolders are never picked up.
+    The folder holds only open_clip architecture configs (the tiny diffusion configs live in
+    ``tiny_configs/sd``), each registered under its file stem.
     """
     if not set(TINY_CLIP_MODELS).issubset(open_clip.list_models()):
         open_clip.add_model_config(TINY_CONFIG_DIR)

@@ -1,0 +1,38 @@
+"""Model layer: real and tiny CLIP (open_clip) and Stable Diffusion (diffusers) through one path.
+
+``load_clip`` and ``load_stable_diffusion`` are the only entry points the stages use; the tiny
+models are defined by configs in ``tiny_configs/`` and built once by ``build_tiny_*``/``load_clip``
+with ``pretrained=None``. Missing weights always surface as :class:`ModelUnavailableError`.
+"""
+
+from .clip import LoadedClip, TINY_CLIP_MODELS, list_clip_models, load_clip, save_clip_checkpoint
+from .device import resolve_device, resolve_dtype
+from .diffusion import (
+    TinySDConfig,
+    build_tiny_stable_diffusion,
+    list_tiny_sd_configs,
+    load_stable_diffusion,
+    load_tiny_sd_config,
+    self_attention_layers,
+)
+from .errors import ModelUnavailableError
+from .tokenizer import build_clip_tokenizer, write_clip_bpe_files
+
+__all__ = [
+    "LoadedClip",
+    "ModelUnavailableError",
+    "TINY_CLIP_MODELS",
+    "TinySDConfig",
+    "build_clip_tokenizer",
+    "build_tiny_stable_diffusion",
+    "list_clip_models",
+    "list_tiny_sd_configs",
+    "load_clip",
+    "load_stable_diffusion",
+    "load_tiny_sd_config",
+    "resolve_device",
+    "resolve_dtype",
+    "save_clip_checkpoint",
+    "self_attention_layers",
+    "write_clip_bpe_files",
+]

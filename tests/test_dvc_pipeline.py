@@ -1,0 +1,72 @@
+"""The real DVC pipeline in a fresh copy of the repo: repro runs, reruns nothing, reruns by param."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "pipeline", "stages", "setup.cfg"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def edit_params(repo: Path, edit) -> None:
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(data)
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    for name in CODE:
+        src = ROOT / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    (repo / "artifacts").mkdir()
+    edit_params(repo, lambda p: p["shapes"].update(splits={"train": 40, "val": 12}))
+    run(["git", "init", "-q"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)
+    return repo
+
+
+def test_repro_then_nothing_then_only_what_a_param_touches(repo):
+    first = run(["dvc", "repro"], repo)
+    assert ran(first) == {"shapes_world", "prepare"}
+    assert (repo / "artifacts/index/index.json").exists()
+    assert (repo / "artifacts/index/train.txt").read_text().split()[:2] == ["train_000000", "train_000001"]
+
+    second = run(["dvc", "repro"], repo)
+    assert ran(second) == set(), second
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo)
+
+    edit_params(repo, lambda p: p["prepare"].update(on_error="skip"))
+    third = run(["dvc", "repro"], repo)
+    assert ran(third) == {"prepare"}, third
+
+    edit_params(repo, lambda p: p["runner"].update(n_workers=1))  # results never depend on the runner
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo)
+
+    edit_params(repo, lambda p: p["shapes"].update(seed=1))
+    fourth = run(["dvc", "repro"], repo)
+    assert ran(fourth) == {"shapes_world", "prepare"}, fourth
