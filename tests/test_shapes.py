@@ -248,19 +248,19 @@ def test_other_image_sizes(size):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("image_size", 8, "shapes.image_size must be an int >= 32, got 8"),
-    ("image_size", 64.0, "shapes.image_size must be an int, got 64.0"),
-    ("max_objects", True, "shapes.max_objects must be an int, got True"),
-    ("max_objects", 0, "shapes.max_objects must be an int in [shapes.min_objects (1), 255], got 0"),
-    ("max_objects", 300, "shapes.max_objects must be an int in [shapes.min_objects (1), 255], got 300"),
-    ("min_noise_std", -0.01, "shapes.min_noise_std must be a number in [0, 0.5], got -0.01"),
-    ("min_visible", 1.5, "shapes.min_visible must be a number in [0, 1], got 1.5"),
-    ("boat_water_prob", -0.1, "shapes.boat_water_prob must be a number in [0, 1], got -0.1"),
-    ("max_scale", 0.05, "shapes.max_scale must be a number in [shapes.min_scale (0.08), 0.5], got 0.05"),
-    ("min_scale", 0.0, "shapes.min_scale must be a number in (0, 0.5], got 0.0"),
-    ("jpeg_quality", 101, "shapes.jpeg_quality must be an int in [1, 100], got 101"),
-    ("stripe_prob", float("nan"), "shapes.stripe_prob must be a finite number, got nan"),
-    ("max_hue_distractors", -1, "shapes.max_hue_distractors must be an int >= 0, got -1"),
+    ("image_size", 8, "image_size must be an int >= 32, got 8"),
+    ("image_size", 64.0, "image_size must be an int, got 64.0"),
+    ("max_objects", True, "max_objects must be an int, got True"),
+    ("max_objects", 0, "max_objects must be an int in [min_objects (1), 255], got 0"),
+    ("max_objects", 300, "max_objects must be an int in [min_objects (1), 255], got 300"),
+    ("min_noise_std", -0.01, "min_noise_std must be a number in [0, 0.5], got -0.01"),
+    ("min_visible", 1.5, "min_visible must be a number in [0, 1], got 1.5"),
+    ("boat_water_prob", -0.1, "boat_water_prob must be a number in [0, 1], got -0.1"),
+    ("max_scale", 0.05, "max_scale must be a number in [min_scale (0.08), 0.5], got 0.05"),
+    ("min_scale", 0.0, "min_scale must be a number in (0, 0.5], got 0.0"),
+    ("jpeg_quality", 101, "jpeg_quality must be an int in [1, 100], got 101"),
+    ("stripe_prob", float("nan"), "stripe_prob must be a finite number, got nan"),
+    ("max_hue_distractors", -1, "max_hue_distractors must be an int >= 0, got -1"),
 ])
 def test_config_errors_name_the_field_and_value(field, value, expected):
     with pytest.raises(ValueError) as err:

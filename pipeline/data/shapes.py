@@ -101,16 +101,16 @@ class ShapesConfig:
             value = getattr(self, f.name)
             if f.type in ("int", int):
                 if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"shapes.{f.name} must be an int, got {value!r}")
+                    raise ValueError(f"{f.name} must be an int, got {value!r}")
                 object.__setattr__(self, f.name, int(value))
             else:  # floats: accept ints, store floats so that the recorded config has stable bytes
                 if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
                         or not math.isfinite(value):
-                    raise ValueError(f"shapes.{f.name} must be a finite number, got {value!r}")
+                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
                 object.__setattr__(self, f.name, float(value))
         _at_least(self, "image_size", 32, "an int >= 32")
         _at_least(self, "min_objects", 1, "an int >= 1")
-        _at_least(self, "max_objects", self.min_objects, f"an int in [shapes.min_objects ({self.min_objects}), 255]",
+        _at_least(self, "max_objects", self.min_objects, f"an int in [min_objects ({self.min_objects}), 255]",
                   hi=255)
         _at_least(self, "jpeg_quality", 1, "an int in [1, 100]", hi=100)
         for name in ("min_visible", "boat_water_prob", "water_without_boat_prob", "stripe_prob"):
@@ -129,14 +129,14 @@ class ShapesConfig:
 def _at_least(cfg: ShapesConfig, name: str, lo: float, expected: str, hi: float | None = None) -> None:
     value = getattr(cfg, name)
     if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"shapes.{name} must be {expected}, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def _range(cfg: ShapesConfig, lo: str, hi: str, top: float, *, zero_ok: bool) -> None:
     low = getattr(cfg, lo)
     if not (0.0 <= low if zero_ok else 0.0 < low) or low > top:
-        raise ValueError(f"shapes.{lo} must be a number in {'[' if zero_ok else '('}0, {top}], got {low!r}")
-    _at_least(cfg, hi, low, f"a number in [shapes.{lo} ({low}), {top}]", hi=top)
+        raise ValueError(f"{lo} must be a number in {'[' if zero_ok else '('}0, {top}], got {low!r}")
+    _at_least(cfg, hi, low, f"a number in [{lo} ({low}), {top}]", hi=top)
 
 
 @dataclass(frozen=True)

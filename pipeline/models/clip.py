@@ -47,7 +47,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from .device import resolve_device, resolve_dtype
 from .errors import ModelUnavailableError
-from .hub import hf_hub_cache_dir, hub_offline, offline_remedy
+from .hub import hf_hub_cache_dir, hub_offline, offline_remedy, unreachable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -245,11 +245,11 @@ def _check_activation(model_name: str, model_cfg: dict[str, Any], pretrained: st
     model_quick_gelu = bool(model_cfg.get("quick_gelu", False))
     if weights_quick_gelu and not model_quick_gelu:
         suggestion = f"{model_name}-quickgelu"
-        hint = (f"use model name {suggestion!r}" if suggestion in list_clip_models()
-                else "use an architecture config with `quick_gelu: true`")
+        hint = (f"Use model name {suggestion!r}" if suggestion in list_clip_models()
+                else "Use an architecture config with `quick_gelu: true`")
         raise ValueError(
             f"CLIP weights {pretrained!r} were trained with QuickGELU, but architecture {model_name!r} "
-            f"uses nn.GELU: the model would run but produce subtly wrong features. {hint.capitalize()} "
+            f"uses nn.GELU: the model would run but produce subtly wrong features. {hint} "
             f"(e.g. `models.clip.model: {suggestion}` with `{CLIP_PRETRAINED_PARAM}: {pretrained}`)."
         )
     if model_quick_gelu and not weights_quick_gelu:
@@ -299,6 +299,12 @@ def _tag_checkpoint(
         raise ModelUnavailableError(
             model, reason="not in the local cache, and the hub is offline (HF_HUB_OFFLINE is set), so no "
             "download was attempted.", looked_in=looked_in, remedies=[*remedies, offline_remedy()],
+        ) from None
+    unreachable = unreachable_reason(None if repo_id else url)
+    if unreachable:
+        raise ModelUnavailableError(
+            model, reason=f"not in the local cache, and the download source is unreachable: {unreachable}.",
+            looked_in=looked_in, remedies=remedies,
         ) from None
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):

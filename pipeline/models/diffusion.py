@@ -44,7 +44,7 @@ from transformers.utils import logging as transformers_logging
 
 from .device import resolve_device, resolve_dtype
 from .errors import ModelUnavailableError
-from .hub import hf_hub_cache_dir, hub_offline, offline_remedy
+from .hub import hf_hub_cache_dir, hub_offline, offline_remedy, unreachable_reason
 from .tokenizer import build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -200,11 +200,18 @@ def load_stable_diffusion(
         source = str(local)
     elif _REPO_ID.match(source):
         looked_in.append(f"HF hub cache {hf_cache} (repo {source}, revision {revision or 'main'})")
-        if offline and not isinstance(try_to_load_from_cache(source, _PIPELINE_INDEX, cache_dir=str(hf_cache),
-                                                             revision=revision), str):
-            raise _unavailable(source, "not in the local hub cache, and the hub is offline (HF_HUB_OFFLINE is "
-                               "set or local_files_only=True), so no download was attempted.",
+        cached = isinstance(
+            try_to_load_from_cache(source, _PIPELINE_INDEX, cache_dir=str(hf_cache), revision=revision), str
+        )
+        unreachable = None if offline else unreachable_reason()
+        if unreachable:
+            logger.warning("Hugging Face hub unreachable (%s); using the local cache only", unreachable)
+        if not cached and (offline or unreachable):
+            why = ("the hub is offline (HF_HUB_OFFLINE is set or local_files_only=True)" if offline
+                   else f"the hub is unreachable: {unreachable}")
+            raise _unavailable(source, f"not in the local hub cache, and {why}, so no download was attempted.",
                                looked_in, hf_cache, offline)
+        offline = offline or unreachable is not None
     else:
         raise _unavailable(source, "the local directory does not exist (and the name is not a hub id).",
                            looked_in, hf_cache, offline)

@@ -11,7 +11,9 @@ our error messages agree on where weights live.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from huggingface_hub import constants as hf_constants
 
@@ -43,6 +45,30 @@ def hf_hub_cache_dir() -> Path:
     """
     legacy = os.environ.get("HUGGINGFACE_HUB_CACHE", str(hf_home() / "hub"))
     return Path(os.path.expandvars(os.path.expanduser(os.environ.get("HF_HUB_CACHE", legacy))))
+
+
+#: seconds allowed for the reachability probe before any download.
+PROBE_TIMEOUT_S = 5.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable_reason(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the host of ``url`` (default: the HF endpoint) cannot be reached, or None if it can.
+
+    One TCP connection with a short timeout, so a machine without network fails in seconds instead
+    of sitting through the libraries' retry back-off (about 25 s per file for huggingface_hub).
+    Skipped (None) when a proxy is configured, since a direct connection proves nothing then.
+    """
+    if any(os.environ.get(var) for var in _PROXY_VARS):
+        return None
+    parsed = urlparse(url or os.environ.get("HF_ENDPOINT", hf_constants.ENDPOINT))
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"cannot connect to {host}:{port} ({type(err).__name__}: {err})"
 
 
 def offline_remedy() -> str:
