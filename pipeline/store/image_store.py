@@ -106,10 +106,13 @@ class ImageStore:
 
     @classmethod
     def _create(cls, path: Path, *, ids, specs, attrs, shard_images: int) -> "ImageStore":
+        """Build the empty store beside `path`, then rename it into place: never half-created."""
         n = len(ids)
         if n == 0:
             raise StoreError(f"{path}: refusing to create a store for zero images")
-        group = zarr.open_group(str(path), mode="w-")
+        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(str(tmp), mode="w-")
         block = min(shard_images, n)
         for spec in specs:
             group.create_array(
@@ -125,7 +128,9 @@ class ImageStore:
         id_array = group.create_array(IMAGE_ID, shape=(n,), chunks=(n,), dtype=str)
         id_array[:] = np.asarray(list(ids), dtype=object)
         group.attrs.update({**dict(attrs), **_layout(ids, specs, shard_images), "complete": False})
-        return cls(path, group)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+        return cls(path, zarr.open_group(str(path), mode="r+"))
 
     @classmethod
     def open(cls, path: str | Path, *, stage: str | None = None, require_complete: bool = True) -> "ImageStore":
