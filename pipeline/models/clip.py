@@ -12,12 +12,13 @@ Three decisions are made here rather than left to open_clip:
   plain ``ViT-B-16`` runs ``nn.GELU`` and, given ``pretrained="openai"``, only emits a warning and
   returns a subtly wrong model. ``load_clip`` raises ``ValueError`` naming the ``-quickgelu``
   architecture instead, for tags whose open_clip metadata says ``quick_gelu=True`` and for local
-  files recognisably from OpenAI (TorchScript archives, OpenAI release file names, timm
-  ``*.openai`` hub snapshots).
+  files recognisably from OpenAI (OpenAI release file names such as ``ViT-B-16.pt``, timm
+  ``*.openai`` hub snapshots, TorchScript archives carrying OpenAI's ``input_resolution``).
 * **Weights are resolved before the model is built.** A tag is looked up in the local caches
   first (hub cache and open_clip's URL cache); when offline and nothing is cached, no network call
   is attempted and :class:`ModelUnavailableError` says where we looked and how to provide the file.
-  Downloads that do run get a socket timeout, so a blackholed network fails instead of hanging.
+  Before a real download, one TCP probe (5 s) checks the source is reachable, and the download
+  itself runs under a socket timeout, so a machine without network fails in seconds, not minutes.
 * **Schemas are refused.** ``hf-hub:``/``local-dir:`` model names bypass ``pretrained`` and the
   offline handling above; give an architecture name plus a tag or a file path instead.
 

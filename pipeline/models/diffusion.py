@@ -87,7 +87,9 @@ class TinySDConfig:
             given = getattr(self, section)
             unknown = sorted(set(given) - keys)
             if unknown:
-                raise ValueError(f"tiny SD config {self.name!r}: unknown {section} keys {unknown}; valid: {sorted(keys)}")
+                raise ValueError(
+                    f"tiny SD config {self.name!r}: unknown {section} keys {unknown}; valid: {sorted(keys)}"
+                )
             object.__setattr__(self, section, MappingProxyType(dict(given)))
         self._check_sizes()
 
@@ -96,8 +98,9 @@ class TinySDConfig:
         positions = self.text_encoder.get("max_position_embeddings", CLIPTextConfig().max_position_embeddings)
         latent = self.vae.get("latent_channels", 4)
         problems = []
-        if self.unet.get("cross_attention_dim") != text_width:
-            problems.append(f"unet.cross_attention_dim={self.unet.get('cross_attention_dim')} != text_encoder.hidden_size={text_width}")
+        cross = self.unet.get("cross_attention_dim")
+        if cross != text_width:
+            problems.append(f"unet.cross_attention_dim={cross} != text_encoder.hidden_size={text_width}")
         if not (self.unet.get("in_channels") == self.unet.get("out_channels") == latent):
             problems.append(f"unet in/out channels must equal vae.latent_channels={latent}")
         if self.tokenizer.get("model_max_length", 0) > positions:
@@ -176,7 +179,7 @@ def load_stable_diffusion(
 
     Args:
         model_id_or_path: an existing local directory containing ``model_index.json``, or a hub id.
-        device, precision: see :mod:`pipeline.models.device`; the pipeline is moved and cast once.
+        device, precision: see :mod:`pipeline.models.device`; weights are cast while loading, then moved.
         revision: hub revision (branch, tag or commit) for a hub id.
         local_files_only: ``None`` follows ``HF_HUB_OFFLINE``; ``True`` never contacts the hub.
         cache_dir: hub cache; defaults to huggingface_hub's (``HF_HUB_CACHE`` / ``$HF_HOME/hub``).
@@ -196,7 +199,7 @@ def load_stable_diffusion(
     if local.exists():
         if not (local / _PIPELINE_INDEX).is_file():
             raise _unavailable(source, f"{local} is not a diffusers pipeline directory (no {_PIPELINE_INDEX}).",
-                               looked_in, hf_cache, offline)
+                               looked_in, hf_cache, offline) from None
         source = str(local)
     elif _REPO_ID.match(source):
         looked_in.append(f"HF hub cache {hf_cache} (repo {source}, revision {revision or 'main'})")
@@ -210,11 +213,11 @@ def load_stable_diffusion(
             why = ("the hub is offline (HF_HUB_OFFLINE is set or local_files_only=True)" if offline
                    else f"the hub is unreachable: {unreachable}")
             raise _unavailable(source, f"not in the local hub cache, and {why}, so no download was attempted.",
-                               looked_in, hf_cache, offline)
+                               looked_in, hf_cache, offline) from None
         offline = offline or unreachable is not None
     else:
         raise _unavailable(source, "the local directory does not exist (and the name is not a hub id).",
-                           looked_in, hf_cache, offline)
+                           looked_in, hf_cache, offline) from None
     try:
         with _loading_bars(progress_bar):
             pipe = StableDiffusionPipeline.from_pretrained(

@@ -34,7 +34,8 @@ def hub_offline() -> bool:
 
 def hf_home() -> Path:
     """``HF_HOME`` as huggingface_hub resolves it (``$XDG_CACHE_HOME/huggingface`` by default)."""
-    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface")
+    xdg_cache = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    default = os.path.join(xdg_cache, "huggingface")
     return Path(os.path.expandvars(os.path.expanduser(os.environ.get("HF_HOME", default))))
 
 

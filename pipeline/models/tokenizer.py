@@ -10,6 +10,10 @@ Padding: SD 2.x's hub tokenizer pads with ``"!"`` (id 0), which as a special tok
 every literal ``"!"`` in a prompt (id 0 instead of 256). The tiny pipeline pads with
 ``<|endoftext|>`` instead, so every prompt tokenises to open_clip's ids; only pad positions differ
 (49407 here, 0 in open_clip).
+
+Text cleaning differs in one corner: open_clip runs ``ftfy.fix_text`` and ``html.unescape`` before
+tokenising, the transformers tokenizer only NFC-normalises, collapses whitespace and lower-cases.
+Plain prompts (the project's) tokenise identically; HTML entities (``&amp;``) or mojibake do not.
 """
 
 from __future__ import annotations
