@@ -23,7 +23,7 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"datset": {}}, "unknown key datset; valid keys: dataset, prepare, runner, shapes"),
+    ({"datset": {}}, "unknown key datset; valid keys: dataset, models, prepare, runner, shapes"),
     ({"dataset": {"rooot": "x"}}, "unknown key dataset.rooot"),
     ({"dataset": {"kind": "pascal"}}, "dataset.kind must be one of 'folder', 'voc', 'coco', got 'pascal'"),
     ({"runner": {"n_workers": "two"}}, "runner.n_workers must be an integer, got 'two'"),
@@ -68,10 +68,13 @@ def test_presets_switch_the_dataset_and_keep_comments(tmp_path):
     params = load_params(path)
     assert (params.dataset.kind, params.dataset.root, params.dataset.train_split) == ("voc", "/data/VOC2012", "train_aug")
     assert params.shapes.splits == {"train": 2000, "val": 500}  # untouched sections stay
+    assert (params.models.clip.model, params.models.clip.pretrained) == ("ViT-B-16-quickgelu", "openai")
+    assert params.models.sd.model == "stabilityai/stable-diffusion-2-1-base"
     text = path.read_text()
     assert "# fail | skip" in text  # comments survive the edit
     apply_preset(path, "shapes")
     assert load_params(path).dataset == Params().dataset
+    assert load_params(path).models == Params().models
     with pytest.raises(ParamsError, match="unknown preset 'pascal'; available: coco, shapes, voc"):
         apply_preset(path, "pascal")
     assert yaml.safe_load(path.read_text())["dataset"]["kind"] == "folder"

@@ -118,3 +118,23 @@ def test_resume_after_kill_computes_only_missing_images(tmp_path):
     store.mark_complete()
     assert_planted(store)
     assert not staging.exists()
+
+
+@pytest.mark.parametrize("via", ["params", "env"])
+def test_an_existing_cluster_is_used_when_its_address_is_given(tmp_path, monkeypatch, via):
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
+        if via == "env":
+            monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+            params = RunnerParams()
+        else:
+            params = RunnerParams(scheduler_address=cluster.scheduler_address)
+        store = make_store(tmp_path / "s.zarr", 6, shard=2)
+        run_per_image(PlantedTask(log_dir=str(tmp_path)), store, params)
+    logs = {int(p.stem) for p in tmp_path.glob("*.log")}
+    assert logs == worker_pids, "images were computed outside the given cluster"
+    assert sorted(computed_ids(tmp_path)) == store.ids()
+    assert_planted(store)

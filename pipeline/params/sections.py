@@ -88,6 +88,39 @@ class PrepareParams:
 
 
 @dataclass(frozen=True)
+class ClipModelParams:
+    """Which CLIP: an open_clip model name and a pretrained tag or local checkpoint path."""
+
+    model: str = "diclip-tiny-vit-p8-64"  # real: ViT-B-16-quickgelu (OpenAI weights need the -quickgelu name)
+    pretrained: str | None = "pipeline/models/weights/diclip-tiny-clip/open_clip_model.safetensors"  # real: openai
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must name an open_clip model, got an empty string")
+
+
+@dataclass(frozen=True)
+class SDModelParams:
+    """Which Stable Diffusion: a diffusers hub id or a local save_pretrained directory."""
+
+    model: str = "pipeline/models/weights/diclip-tiny-sd"  # real: stabilityai/stable-diffusion-2-1-base
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a hub id or a local directory, got an empty string")
+
+
+@dataclass(frozen=True)
+class ModelsParams:
+    """The models every stage loads through pipeline.models (one path for real and tiny ones)."""
+
+    clip: ClipModelParams = field(default_factory=ClipModelParams)
+    sd: SDModelParams = field(default_factory=SDModelParams)
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything in params.yaml."""
 
@@ -95,6 +128,7 @@ class Params:
     shapes: ShapesParams = field(default_factory=ShapesParams)
     runner: RunnerParams = field(default_factory=RunnerParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
+    models: ModelsParams = field(default_factory=ModelsParams)
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
