@@ -19,11 +19,12 @@ params_option = click.option(
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose message is written for the user: shown as is, without a traceback."""
     from pipeline.data.datasets import DatasetError
+    from pipeline.models.errors import ModelUnavailableError
     from pipeline.params import ParamsError
     from pipeline.runner import ImageFailures
     from pipeline.store.image_store import StoreError
 
-    return (ParamsError, DatasetError, StoreError, ImageFailures, FileExistsError)
+    return (ParamsError, DatasetError, StoreError, ImageFailures, ModelUnavailableError, FileExistsError)
 
 
 def friendly_errors(fn: Callable) -> Callable:
