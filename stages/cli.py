@@ -7,6 +7,8 @@ import click
 from stages.common import setup_logging
 from stages.params_cmd import params_group
 from stages.prepare import prepare_command
+from stages.pretrain_clip import pretrain_clip_command
+from stages.pretrain_sd import pretrain_sd_command
 from stages.shapes import shapes_group
 
 
@@ -24,6 +26,8 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 main.add_command(shapes_group)
+shapes_group.add_command(pretrain_clip_command)
+shapes_group.add_command(pretrain_sd_command)
 main.add_command(prepare_command)
 main.add_command(params_group)
 

@@ -1,0 +1,301 @@
+"""Evaluate a CLIP on held-out shapes scenes: zero-shot presence AUC and surgery-CAM pseudo-label mIoU.
+
+Two numbers say whether a (tiny) CLIP is good enough for the DiCLIP stages:
+
+* **presence AUC**: per class, ROC AUC over test images of ``cos(image embedding, text embedding of
+  "a photo of a {class}.")`` against the image-level label; the mean over classes is reported.
+* **surgery-CAM mIoU**: plain feature-surgery CAMs (:mod:`pipeline.cam`, no refinement) of the
+  image's *present* classes, upsampled to the image; background where no present class reaches a
+  threshold. The threshold is chosen on a tune split and the mIoU (7 classes + background,
+  :func:`pipeline.metrics.mean_iou`) is reported on a separate test split.
+
+Baselines computed beside it: all-background labels, and the same CAM recipe on a randomly
+initialised model of the same architecture (its own tune-chosen threshold).
+
+Scenes are rendered from the shapes world with :func:`pipeline.data.shapes.scene_seed` under split
+names that the demo dataset ("train"/"val") and CLIP pre-training ("clip_pretrain") never use. They
+go through the same JPEG round trip the demo dataset's files do, so the model sees what the
+pipeline will read. This module also holds the data helpers training shares (rendering, JPEG,
+normalisation, prompts, trimmed text encoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from pipeline.cam import cams_to_image, labels_from_cams, surgery_forward, text_cams
+from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
+from pipeline.metrics import mean_iou, presence_auc
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "a photo of a {}."
+
+
+@dataclass(frozen=True)
+class SceneSet:
+    """Rendered scenes: images (N, S, S, 3) uint8, masks (N, S, S) uint8, labels (N, C) bool."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class ClipEvalConfig:
+    """Every knob of :func:`evaluate_clip`."""
+
+    world_seed: int = 0                       # shapes world seed (as artifacts/shapes)
+    tune_split: str = "clip_holdout_tune"     # threshold (and surgery-depth sweep) chosen here
+    test_split: str = "clip_holdout_test"     # reported numbers
+    n_tune: int = 500
+    n_test: int = 1000
+    jpeg_roundtrip: bool = True               # pass images through the demo dataset's JPEG encoding
+    prompt_template: str = DEFAULT_PROMPT     # class prompt, formatted with the class name
+    surgery_blocks: int | None = None         # last blocks carrying the surgery path; None: chosen on tune
+    head_reduce: str = "none"                 # surgery attention across heads: none | mean | sum
+    self_similarity: str = "qkv"              # surgery attention: mean of the q-q, k-k, v-v softmaxes (subset)
+    cls_weighting: bool | None = None         # CLIP-ES class-token weighting in feature surgery; None: chosen on tune
+    cls_temperature: float = 2.0
+    token_norm: str = "feature"               # feature (cosine) | token (ExCEL's code)
+    thresholds: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+    batch_size: int = 250
+    random_init_baseline: bool = True         # also score a random-init model of the same architecture
+    random_init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or any(not 0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"thresholds must be a non-empty tuple of numbers in [0, 1], got {self.thresholds!r}")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        for name in ("n_tune", "n_test", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.surgery_blocks is not None and self.surgery_blocks < 0:
+            raise ValueError(f"surgery_blocks must be >= 0 or None, got {self.surgery_blocks!r}")
+        if self.tune_split == self.test_split:
+            raise ValueError("tune_split and test_split must differ")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode (S, S, 3) uint8 as the demo dataset's JPEG files are written (4:4:4, baseline) and decode."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0, optimize=False, progressive=False)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def render_scenes(
+    split: str,
+    count: int,
+    *,
+    world_seed: int = 0,
+    config: ShapesConfig | None = None,
+    jpeg: bool = True,
+    progress: bool = False,
+) -> SceneSet:
+    """Render images 0 .. count-1 of ``split`` (``scene_seed(world_seed, split, i)``) as a :class:`SceneSet`."""
+    from tqdm import tqdm
+
+    config = config or ShapesConfig()
+    size = config.image_size
+    images = np.empty((count, size, size, 3), np.uint8)
+    masks = np.empty((count, size, size), np.uint8)
+    labels = np.zeros((count, len(CLASS_NAMES)), bool)
+    for i in tqdm(range(count), desc=f"render {split}", unit="img", disable=not progress, mininterval=2.0):
+        scene = render_scene(scene_seed(world_seed, split, i), config)
+        images[i] = jpeg_roundtrip(scene.image, config.jpeg_quality) if jpeg else scene.image
+        masks[i] = scene.mask
+        labels[i, [c - 1 for c in scene.labels]] = True
+    return SceneSet(images, masks, labels)
+
+
+def to_clip_input(images: np.ndarray | torch.Tensor, visual: nn.Module) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) -> (N, 3, H, W) float32 normalised with the model's mean/std.
+
+    Equivalent to ``LoadedClip.preprocess`` for images already at the model's input size, without PIL.
+    """
+    cfg = visual.preprocess_cfg
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def class_prompts(template: str = DEFAULT_PROMPT, class_names: Sequence[str] = CLASS_NAMES) -> list[str]:
+    return [template.format(name) for name in class_names]
+
+
+def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` (unnormalised), cut to the longest caption: (N, L) -> (N, E).
+
+    With a causal text mask and end-of-text pooling, positions after the last real token never
+    influence the pooled feature, so dropping trailing pad columns gives the same result at a
+    fraction of the cost for short captions. Falls back to ``encode_text`` for other text towers.
+    """
+    if getattr(model, "attn_mask", None) is None or getattr(model, "text_pool_type", None) != "argmax" \
+            or not hasattr(model, "token_embedding"):
+        return model.encode_text(tokens)
+    length = int((tokens != 0).sum(1).max())
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # end-of-text token
+    if isinstance(model.text_projection, nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
+@torch.no_grad()
+def encode_prompts(model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """(C, E) L2-normalised text embeddings of ``texts``."""
+    device = next(model.parameters()).device
+    return F.normalize(model.encode_text(tokenizer(list(texts)).to(device)).float(), dim=-1)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def presence_scores(model: nn.Module, scenes: SceneSet, text: torch.Tensor, *, batch_size: int = 250) -> np.ndarray:
+    """(N, C) cosine between each image embedding and each (normalised) text embedding."""
+    out = []
+    for start in range(0, len(scenes), batch_size):
+        x = to_clip_input(scenes.images[start:start + batch_size], model.visual).to(text.device)
+        out.append(F.normalize(model.encode_image(x).float(), dim=-1) @ text.T)
+    return torch.cat(out).cpu().numpy()
+
+
+@torch.no_grad()
+def surgery_cams(model: nn.Module, scenes: SceneSet, text: torch.Tensor, config: ClipEvalConfig) -> torch.Tensor:
+    """(N, C, S, S) feature-surgery CAMs in [0, 1] of every class, upsampled to the image size.
+
+    ``config.surgery_blocks`` and ``config.cls_weighting`` must be set (not None).
+    """
+    if config.surgery_blocks is None or config.cls_weighting is None:
+        raise ValueError("surgery_cams needs surgery_blocks and cls_weighting set (they are None)")
+    size = scenes.images.shape[1:3]
+    out = []
+    for start in range(0, len(scenes), config.batch_size):
+        x = to_clip_input(scenes.images[start:start + config.batch_size], model.visual).to(text.device)
+        res = surgery_forward(model.visual, x, surgery_blocks=config.surgery_blocks, head_reduce=config.head_reduce,
+                              self_similarity=config.self_similarity)
+        cams = text_cams(res.tokens, text, image_embedding=res.image_embedding, cls_weighting=config.cls_weighting,
+                         temperature=config.cls_temperature, token_norm=config.token_norm)
+        out.append(cams_to_image(cams, res.grid, size).cpu())
+    return torch.cat(out)
+
+
+def cam_miou(cams: torch.Tensor, scenes: SceneSet, threshold: float) -> tuple[float, np.ndarray]:
+    """mIoU (background + C classes) and per-class IoU of thresholded CAM labels against the masks."""
+    labels = labels_from_cams(cams, torch.from_numpy(scenes.labels), bg_threshold=threshold).numpy()
+    return mean_iou(labels, scenes.masks, len(CLASS_NAMES) + 1)
+
+
+def choose_threshold(cams: torch.Tensor, scenes: SceneSet, thresholds: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """The background threshold with the best mIoU on ``scenes`` (ties: the lowest), and the sweep."""
+    sweep = {f"{t:.2f}": cam_miou(cams, scenes, t)[0] for t in thresholds}
+    best = max(thresholds, key=lambda t: (sweep[f"{t:.2f}"], -t))
+    return float(best), sweep
+
+
+def evaluate_clip(model: nn.Module, tokenizer: Any, config: ClipEvalConfig = ClipEvalConfig(), *,
+                  model_name: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Presence AUC and surgery-CAM mIoU of ``model`` on held-out shapes scenes, plus baselines.
+
+    ``model`` is an open_clip CLIP in eval mode (e.g. ``load_clip(...).model``); ``model_name``
+    (its architecture) is needed for the random-init baseline. CAM choices left None in ``config``
+    (surgery depth, class-token weighting, see :func:`choose_recipe`) and the background threshold
+    are chosen on the tune split; every reported number comes from the test split. The random-init
+    baseline uses the same recipe with its own tune-chosen threshold. Returns a JSON-ready dict:
+    ``presence_auc`` {mean, per_class}, ``cam`` {miou, per_class_iou, surgery_blocks, cls_weighting,
+    bg_threshold, tune_miou, tune_sweep, recipe_tune}, ``baselines`` {all_background_miou,
+    random_init {...}}, ``data``.
+    """
+    tune = render_scenes(config.tune_split, config.n_tune, world_seed=config.world_seed,
+                         jpeg=config.jpeg_roundtrip, progress=progress)
+    test = render_scenes(config.test_split, config.n_test, world_seed=config.world_seed,
+                         jpeg=config.jpeg_roundtrip, progress=progress)
+    recipe, recipe_sweep = choose_recipe(model, tokenizer, tune, config)
+    record: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    record.update(_score(model, tokenizer, tune, test, recipe))
+    if recipe_sweep:
+        record["cam"]["recipe_tune"] = recipe_sweep
+    all_bg = mean_iou(np.zeros_like(test.masks), test.masks, len(CLASS_NAMES) + 1)[0]
+    record["baselines"] = {"all_background_miou": all_bg}
+    if config.random_init_baseline:
+        if model_name is None:
+            raise ValueError("the random-init baseline needs model_name")
+        from pipeline.models.clip import load_clip
+
+        torch.manual_seed(config.random_init_seed)
+        random_model = load_clip(model_name, None, device="cpu").model
+        scores = _score(random_model, tokenizer, tune, test, recipe)
+        record["baselines"]["random_init"] = {"presence_auc_mean": scores["presence_auc"]["mean"],
+                                              **{k: v for k, v in scores["cam"].items() if k != "tune_sweep"}}
+    record["data"] = {"world_seed": config.world_seed, "tune_split": config.tune_split, "n_tune": config.n_tune,
+                      "test_split": config.test_split, "n_test": config.n_test}
+    logger.info("presence AUC %.4f, surgery-CAM mIoU %.4f (%d surgery blocks, cls weighting %s, threshold %.2f); "
+                "all-background %.4f", record["presence_auc"]["mean"], record["cam"]["miou"], recipe.surgery_blocks,
+                recipe.cls_weighting, record["cam"]["bg_threshold"], all_bg)
+    return record
+
+
+def choose_recipe(model: nn.Module, tokenizer: Any, tune: SceneSet,
+                  config: ClipEvalConfig) -> tuple[ClipEvalConfig, dict[str, float]]:
+    """Fill the CAM choices left None (surgery depth 0..blocks, class-token weighting) by tune mIoU.
+
+    Returns ``config`` with them set, and the best tune mIoU (over thresholds) of every combination
+    tried, keyed ``"blocks=<n>,cls_weighting=<bool>"`` (empty when nothing was left to choose).
+    Ties go to fewer surgery blocks, then to weighting on (ExCEL's default).
+    """
+    depths = ([config.surgery_blocks] if config.surgery_blocks is not None
+              else list(range(len(model.visual.transformer.resblocks) + 1)))
+    weightings = [config.cls_weighting] if config.cls_weighting is not None else [True, False]
+    if len(depths) == 1 and len(weightings) == 1:
+        return config, {}
+    text = encode_prompts(model, tokenizer, class_prompts(config.prompt_template))
+    scores = {}
+    for blocks in depths:
+        for weighting in weightings:
+            candidate = dataclasses.replace(config, surgery_blocks=blocks, cls_weighting=weighting)
+            sweep = choose_threshold(surgery_cams(model, tune, text, candidate), tune, config.thresholds)[1]
+            scores[(blocks, weighting)] = max(sweep.values())
+    blocks, weighting = max(scores, key=lambda bw: (scores[bw], -bw[0], bw[1]))
+    sweep = {f"blocks={b},cls_weighting={w}": v for (b, w), v in scores.items()}
+    return dataclasses.replace(config, surgery_blocks=blocks, cls_weighting=weighting), sweep
+
+
+def _score(model: nn.Module, tokenizer: Any, tune: SceneSet, test: SceneSet, config: ClipEvalConfig) -> dict[str, Any]:
+    text = encode_prompts(model, tokenizer, class_prompts(config.prompt_template))
+    aucs = presence_auc(presence_scores(model, test, text, batch_size=config.batch_size), test.labels)
+    threshold, sweep = choose_threshold(surgery_cams(model, tune, text, config), tune, config.thresholds)
+    miou, ious = cam_miou(surgery_cams(model, test, text, config), test, threshold)
+    return {
+        "presence_auc": {"mean": float(np.nanmean(aucs)), "per_class": dict(zip(CLASS_NAMES, map(float, aucs)))},
+        "cam": {
+            "miou": miou,
+            "per_class_iou": dict(zip(("background", *CLASS_NAMES), map(float, ious))),
+            "surgery_blocks": config.surgery_blocks,
+            "cls_weighting": config.cls_weighting,
+            "bg_threshold": threshold,
+            "tune_miou": sweep[f"{threshold:.2f}"],
+            "tune_sweep": sweep,
+        },
+    }

@@ -1,0 +1,155 @@
+"""ACR on planted attention recovers the planted partition; symmetric KL; the correlation matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.diffusion.acr import acr, anchor_indices, merge_proposals, symmetric_kl
+from pipeline.diffusion.correlation import cluster_correlation, one_hot_maps
+
+ACR = dict(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
+
+
+def planted_partition(h: int = 16, w: int = 16) -> np.ndarray:
+    """(h, w) labels: background, a disk, a corner block, a thin bar and an L shape."""
+    yy, xx = np.mgrid[:h, :w]
+    lab = np.zeros((h, w), dtype=np.int64)
+    lab[(yy - 5) ** 2 + (xx - 5) ** 2 < 13] = 1
+    lab[(yy > 9) & (xx > 8)] = 2
+    lab[(xx < 3) & (yy > 9)] = 3
+    lab[(yy < 3) & (xx > 9)] = 4
+    lab[(yy < 7) & (xx > 13)] = 4
+    return lab
+
+
+def planted_attention(labels: np.ndarray, *, seed: int, inside: float = 0.85, jitter: float = 0.3) -> np.ndarray:
+    """Row i: `inside` of its mass spread over i's own group, the rest uniform, times random jitter."""
+    rng = np.random.default_rng(seed)
+    flat = labels.ravel()
+    same = (flat[:, None] == flat[None, :]).astype(np.float64)
+    a = inside * same / same.sum(1, keepdims=True) + (1 - inside) / flat.size
+    a *= rng.uniform(1 - jitter, 1 + jitter, a.shape)
+    return a / a.sum(1, keepdims=True)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when the label maps induce the same partition (equal up to renaming the labels)."""
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist()))
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("anchor_grid", [8, 16])
+def test_acr_recovers_the_planted_partition_exactly(seed, anchor_grid):
+    labels = planted_partition()
+    result = acr(planted_attention(labels, seed=seed), 16, **{**ACR, "anchor_grid": anchor_grid})
+    assert result.k == 5 == result.n_proposals
+    assert same_partition(result.hard, labels)
+    assert result.hard.shape == (16, 16) and result.soft.shape == (5, 16, 16)
+    np.testing.assert_allclose(result.soft.sum(0), 1.0, atol=1e-5)
+    # the soft maps peak in their own cluster, and the hard map follows them
+    assert (result.soft.argmax(0) == result.hard).all()
+    # numbered by first appearance in raster order
+    _, first = np.unique(result.hard, return_index=True)
+    assert list(result.hard.ravel()[np.sort(first)]) == list(range(5))
+
+
+def test_acr_recovers_on_a_rectangular_grid_without_kmeans():
+    labels = planted_partition(12, 20)
+    result = acr(planted_attention(labels, seed=7), (12, 20), **{**ACR, "kmeans_iters": 0})
+    assert result.k == 5 and same_partition(result.hard, labels)
+
+
+def test_merging_alone_finds_one_proposal_per_group():
+    labels = planted_partition()
+    attention = planted_attention(labels, seed=1)
+    anchors = anchor_indices((16, 16), 8)
+    proposals, members, n = merge_proposals(attention[anchors], threshold=0.9, rounds=3, max_clusters=16)
+    assert n == len(proposals) == 5
+    # every proposal covers exactly the anchors of one planted group
+    groups = labels.ravel()[anchors]
+    assert sorted(tuple(sorted(set(groups[m]))) for m in members) == [(g,) for g in range(5)]
+    assert members.sum() == len(anchors)
+
+
+def test_max_clusters_caps_by_merging_the_closest_groups():
+    labels = planted_partition()
+    result = acr(planted_attention(labels, seed=2), 16, **{**ACR, "max_clusters": 3})
+    assert result.k == 3 and result.n_proposals == 5
+    # merging never splits a planted group
+    for g in range(5):
+        assert len(np.unique(result.hard[labels == g])) == 1
+
+
+def test_no_merging_rounds_keeps_anchors_as_proposals():
+    labels = planted_partition()
+    result = acr(planted_attention(labels, seed=3), 16, **{**ACR, "merge_rounds": 0, "anchor_grid": 4})
+    assert result.n_proposals == 16  # 4x4 anchors, nothing merged
+    assert result.k <= 16
+
+
+def test_uniform_attention_collapses_to_one_cluster():
+    result = acr(np.full((64, 64), 1 / 64), 8, **ACR)
+    assert result.k == 1 and (result.hard == 0).all()
+    np.testing.assert_allclose(result.soft, 1.0)
+
+
+def test_acr_rejects_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"expected \(256, 256\)"):
+        acr(np.ones((100, 100)), 16, **ACR)
+
+
+def test_anchor_lattice_is_regular_and_capped():
+    idx = anchor_indices((16, 16), 4)
+    assert sorted(set(idx // 16)) == sorted(set(idx % 16)) == [2, 6, 10, 14]
+    assert len(anchor_indices((16, 16), 32)) == 256
+
+
+def test_symmetric_kl_matches_its_definition():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), size=4)
+    q = rng.dirichlet(np.ones(10), size=3)
+    d = symmetric_kl(p, q)
+    kl = lambda a, b: float((a * np.log(a / b)).sum())  # noqa: E731
+    for i in range(4):
+        for j in range(3):
+            assert d[i, j] == pytest.approx(0.5 * (kl(p[i], q[j]) + kl(q[j], p[i])), rel=1e-4)
+    dd = symmetric_kl(p, p)
+    np.testing.assert_allclose(dd, dd.T)
+    np.testing.assert_allclose(np.diag(dd), 0, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ correlation
+def test_correlation_of_hard_maps_is_the_same_cluster_indicator():
+    labels = np.kron(planted_partition(8, 8), np.ones((2, 2), dtype=np.int64))  # 16x16, groups aligned to 2x2
+    corr = cluster_correlation(one_hot_maps(labels, 5), 8)
+    assert corr.shape == (64, 64) and corr.dtype == np.float32
+    np.testing.assert_array_equal(corr, corr.T)
+    flat = planted_partition(8, 8).ravel()
+    np.testing.assert_allclose(corr, (flat[:, None] == flat[None, :]).astype(np.float32), atol=1e-6)
+
+
+def test_correlation_of_soft_maps_is_symmetric_with_block_structure():
+    labels = planted_partition()
+    result = acr(planted_attention(labels, seed=0), 16, **ACR)
+    soft = np.concatenate([result.soft, np.zeros((3, 16, 16), np.float32)])  # stored padding adds nothing
+    for grid in (16, 8, 5):
+        corr = cluster_correlation(soft, grid)
+        assert corr.shape == (grid * grid, grid * grid)
+        np.testing.assert_array_equal(corr, corr.T)
+        assert corr.min() >= -1e-6 and corr.max() <= 1 + 1e-5
+        np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-5)
+    corr16 = cluster_correlation(soft, 16)
+    flat = labels.ravel()
+    same = flat[:, None] == flat[None, :]
+    assert corr16[same].min() > 0.9 and corr16[~same].max() < 0.2  # blocks: every within-group value above every cross-group one
+
+
+def test_correlation_keeps_batch_dims_and_tensor_type():
+    labels = planted_partition()
+    maps = torch.from_numpy(one_hot_maps(labels, 5))
+    corr = cluster_correlation(torch.stack([maps, maps.flip(-1)]), 4)
+    assert isinstance(corr, torch.Tensor) and corr.shape == (2, 16, 16)
+    assert torch.equal(corr, corr.transpose(1, 2))

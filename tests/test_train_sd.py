@@ -1,0 +1,181 @@
+"""Tiny-SD pretraining: determinism, learning, the saved directory, and the quality of the SHIPPED model.
+
+CPU only, one torch thread; every test runs in seconds. The shipped-model tests read
+pipeline/models/weights/diclip-tiny-sd (committed): a missing, truncated or untrained checkpoint fails them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.shapes import ShapesConfig, render_scene, scene_seed
+from pipeline.models import build_tiny_stable_diffusion, load_stable_diffusion, load_tiny_sd_config
+from pipeline.models import eval_sd, train_sd
+from pipeline.models.train_sd import SDPretrainConfig
+
+SHIPPED = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "weights" / "diclip-tiny-sd"
+TINY_RUN = dict(n_scenes=6, n_single_scenes=2, vae_steps=6, vae_batch=4, vae_crop=32, vae_warmup=2, vae_full_steps=2, vae_full_batch=2,
+                unet_steps=6, unet_batch=8, unet_warmup=2, time_probe_steps=2, log_every=3, encode_batch=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tok")
+
+
+def _fresh_pipe(tok_dir, seed=0):
+    return build_tiny_stable_diffusion(load_tiny_sd_config(), tok_dir, seed=seed)
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- data and captions ----------------------------------------------------------------------------
+
+
+def test_captions_and_fingerprint():
+    rng = np.random.default_rng(0)
+    assert train_sd.caption((), "a photo of a {}.", rng) == ""
+    assert train_sd.caption((1,), "a photo of a {}.", rng) == "a photo of a disk."
+    two = train_sd.caption((1, 6), "a {} on a cluttered background.", rng)
+    assert two in ("a disk and a star on a cluttered background.", "a star and a disk on a cluttered background.")
+    three = train_sd.caption((1, 2, 3), "a photo of a {}.", rng)
+    assert three.startswith("a photo of a ") and three.count(", a ") == 1 and " and a " in three
+    config = SDPretrainConfig()
+    fp = train_sd.data_fingerprint(config)
+    assert fp == train_sd.data_fingerprint(SDPretrainConfig())
+    assert fp["sha256"] != train_sd.data_fingerprint(dataclasses.replace(config, n_scenes=5))["sha256"]
+    assert [p["split"] for p in fp["parts"]] == ["sd_pretrain", "sd_pretrain_single"]
+    with pytest.raises(ValueError, match="cfg_dropout"):
+        SDPretrainConfig(cfg_dropout=1.5)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _fixed_unet_loss(pipe, mean, labels) -> float:
+    """Epsilon MSE at fixed timesteps and noise, with the scenes' captions."""
+    g = torch.Generator().manual_seed(123)
+    latents = mean * pipe.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.linspace(50, 950, len(latents)).long()
+    texts = [train_sd.caption(lab, "a photo of a {}.", np.random.default_rng(0)) for lab in labels]
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        pred = pipe.unet(pipe.scheduler.add_noise(latents, noise, t), t, pipe.text_encoder(ids)[0]).sample
+    return float((pred - noise).pow(2).mean())
+
+
+@pytest.mark.timeout(120)
+def test_training_is_deterministic_and_learns(tok_dir):
+    config = SDPretrainConfig(**{**TINY_RUN, "vae_steps": 25, "unet_steps": 25, "vae_lr": 2e-3, "unet_lr": 2e-3,
+                                 "ema_decay": 0.0, "cfg_dropout": 0.0, "min_snr_gamma": None})
+    scenes = train_sd.render_pretrain_scenes(config)
+    assert scenes.images.shape == (8, 64, 64, 3) and len(scenes.labels) == 8
+    runs = []
+    for _ in range(2):
+        pipe = _fresh_pipe(tok_dir)
+        vae_before = eval_sd.vae_reconstruction_error(pipe.vae, scenes.images)
+        vae_record = train_sd.train_vae(pipe.vae, scenes.images, config)
+        mean, std = train_sd.encode_posteriors(pipe.vae, scenes.images, 8)
+        pipe.vae.register_to_config(scaling_factor=train_sd.latent_scaling_factor(mean, std))
+        unet_before = _fixed_unet_loss(pipe, mean, scenes.labels)
+        _, ema_unet, ema_text = train_sd.train_unet(pipe, mean, std, scenes.labels, config)
+        runs.append((pipe, ema_unet, ema_text, vae_record, vae_before, unet_before, mean))
+    (a, ua, ta, ra, vae_before, unet_before, mean), (b, ub, tb, rb, *_) = runs
+    assert _states_equal(a.vae, b.vae) and _states_equal(a.unet, b.unet) and _states_equal(a.text_encoder, b.text_encoder)
+    assert _states_equal(ua, ub) and _states_equal(ta, tb)
+    assert [h["loss"] for h in ra["history"]] == [h["loss"] for h in rb["history"]]
+    assert ra["steps"] == 25
+    assert eval_sd.vae_reconstruction_error(a.vae, a_images := train_sd.render_pretrain_scenes(config).images) < 0.8 * vae_before
+    assert a_images.dtype == np.uint8
+    assert _fixed_unet_loss(a, mean, train_sd.render_pretrain_scenes(config).labels) < 0.9 * unet_before
+
+
+@pytest.mark.timeout(120)
+def test_train_sd_writes_a_loadable_fp16_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "sd"
+    record = train_sd.train_sd(SDPretrainConfig(**TINY_RUN), out, progress=False)
+    assert record["vae"]["steps"] == 6 and record["unet"]["steps"] == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["sha256"] == record["data"]["sha256"]
+    assert manifest["config"]["seed"] == 0 and "torch" in manifest["versions"]
+    weights = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.safetensors"))
+    assert weights == ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                       "vae/diffusion_pytorch_model.safetensors"]
+    pipe = load_stable_diffusion(out, device="cpu", precision="fp32")
+    assert pipe.unet.dtype == torch.float32
+    assert pipe.vae.config.scaling_factor == pytest.approx(record["vae"]["scaling_factor"], rel=1e-5)
+    # a second run replaces the directory; a non-pipeline directory is refused
+    train_sd.train_sd(SDPretrainConfig(**TINY_RUN), out, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="refusing"):
+        train_sd.train_sd(SDPretrainConfig(**TINY_RUN), tmp_path / "other", progress=False)
+
+
+# --- the shipped model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert (SHIPPED / "model_index.json").is_file(), f"the shipped tiny SD is missing at {SHIPPED}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return load_stable_diffusion(SHIPPED, device="cpu", precision="fp32")
+
+
+def test_shipped_directory_is_small_and_described():
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size < 22 * 2**20
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    for key in ("command", "config", "data", "vae", "unet", "versions", "metrics"):
+        assert key in manifest, key
+    attention = manifest["metrics"]["attention_clusters"]
+    assert attention["best"]["trained"]["iou"] > attention["best"]["untrained"]["iou"]
+
+
+@pytest.mark.timeout(60)
+def test_shipped_pipeline_samples(shipped):
+    out = shipped(prompt="a photo of a star.", height=64, width=64, num_inference_steps=4, guidance_scale=7.5,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (1, 64, 64, 3)
+    assert np.isfinite(out).all() and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_shipped_vae_reconstructs_fresh_scenes(shipped):
+    images = np.stack([render_scene(scene_seed(7, "sd_test_vae", i), ShapesConfig()).image for i in range(16)])
+    error = eval_sd.vae_reconstruction_error(shipped.vae, images)
+    assert error < VAE_L1_BOUND, f"VAE L1 {error:.2f}/255 on fresh scenes (bound {VAE_L1_BOUND})"
+
+
+@pytest.mark.timeout(120)
+def test_shipped_unet_attention_finds_objects(shipped):
+    config = eval_sd.SDEvalConfig(n_scenes=16, timesteps=(100,), ks=(8,), kmeans_n_init=2, batch=16, fine_grid=None)
+    result = eval_sd.evaluate_attention(shipped, config, baselines=True)
+    trained, untrained = result["trained"][100][8], result["untrained"][100][8]
+    assert trained > ATTN_IOU_BOUND, (trained, untrained)
+    assert trained > untrained + 0.15, (trained, untrained)
+
+
+# measured on the shipped model (see its manifest), with margin
+VAE_L1_BOUND = 20.0
+ATTN_IOU_BOUND = 0.45
