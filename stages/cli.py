@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from stages.common import setup_logging
+from stages.diffusion_attention import diffusion_attention_command
 from stages.params_cmd import params_group
 from stages.prepare import prepare_command
 from stages.pretrain_clip import pretrain_clip_command
@@ -20,7 +21,9 @@ def main(verbose: int, quiet: bool) -> None:
     """diclip: DiCLIP weakly supervised segmentation as a reproducible DVC pipeline.
 
     Stages (run them all with `dvc repro`; each reads params.yaml): shapes generate (demo data),
-    prepare (validate + index the dataset). Utilities: params (check, show, preset).
+    prepare (validate + index the dataset), diffusion-attention (SD self-attention + ACR clusters).
+    Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
+    shapes pretrain-sd. Utilities: params (check, show, preset).
     """
     setup_logging(-1 if quiet else verbose)
 
@@ -29,6 +32,7 @@ main.add_command(shapes_group)
 shapes_group.add_command(pretrain_clip_command)
 shapes_group.add_command(pretrain_sd_command)
 main.add_command(prepare_command)
+main.add_command(diffusion_attention_command)
 main.add_command(params_group)
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"datset": {}}, "unknown key datset; valid keys: dataset, models, prepare, runner, shapes"),
+    ({"datset": {}}, "unknown key datset; valid keys: dataset, diffusion_attention, models, prepare, runner, shapes"),
     ({"dataset": {"rooot": "x"}}, "unknown key dataset.rooot"),
     ({"dataset": {"kind": "pascal"}}, "dataset.kind must be one of 'folder', 'voc', 'coco', got 'pascal'"),
     ({"runner": {"n_workers": "two"}}, "runner.n_workers must be an integer, got 'two'"),

@@ -20,7 +20,8 @@ from pipeline.models import eval_sd, train_sd
 from pipeline.models.train_sd import SDPretrainConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "weights" / "diclip-tiny-sd"
-TINY_RUN = dict(n_scenes=6, n_single_scenes=2, vae_steps=6, vae_batch=4, vae_crop=32, vae_warmup=2, vae_full_steps=2, vae_full_batch=2,
+TINY_RUN = dict(n_scenes=6, n_single_scenes=2, vae_steps=6, vae_batch=4, vae_crop=32, vae_warmup=2,
+                vae_full_steps=2, vae_full_batch=2,
                 unet_steps=6, unet_batch=8, unet_warmup=2, time_probe_steps=2, log_every=3, encode_batch=8)
 
 
@@ -85,7 +86,7 @@ def _fixed_unet_loss(pipe, mean, labels) -> float:
 
 @pytest.mark.timeout(120)
 def test_training_is_deterministic_and_learns(tok_dir):
-    config = SDPretrainConfig(**{**TINY_RUN, "vae_steps": 25, "unet_steps": 25, "vae_lr": 2e-3, "unet_lr": 2e-3,
+    config = SDPretrainConfig(**{**TINY_RUN, "vae_steps": 16, "unet_steps": 16, "vae_lr": 2e-3, "unet_lr": 2e-3,
                                  "ema_decay": 0.0, "cfg_dropout": 0.0, "min_snr_gamma": None})
     scenes = train_sd.render_pretrain_scenes(config)
     assert scenes.images.shape == (8, 64, 64, 3) and len(scenes.labels) == 8
@@ -100,13 +101,13 @@ def test_training_is_deterministic_and_learns(tok_dir):
         _, ema_unet, ema_text = train_sd.train_unet(pipe, mean, std, scenes.labels, config)
         runs.append((pipe, ema_unet, ema_text, vae_record, vae_before, unet_before, mean))
     (a, ua, ta, ra, vae_before, unet_before, mean), (b, ub, tb, rb, *_) = runs
-    assert _states_equal(a.vae, b.vae) and _states_equal(a.unet, b.unet) and _states_equal(a.text_encoder, b.text_encoder)
+    for part in ("vae", "unet", "text_encoder"):
+        assert _states_equal(getattr(a, part), getattr(b, part)), part
     assert _states_equal(ua, ub) and _states_equal(ta, tb)
     assert [h["loss"] for h in ra["history"]] == [h["loss"] for h in rb["history"]]
-    assert ra["steps"] == 25
-    assert eval_sd.vae_reconstruction_error(a.vae, a_images := train_sd.render_pretrain_scenes(config).images) < 0.8 * vae_before
-    assert a_images.dtype == np.uint8
-    assert _fixed_unet_loss(a, mean, train_sd.render_pretrain_scenes(config).labels) < 0.9 * unet_before
+    assert ra["steps"] == 16
+    assert eval_sd.vae_reconstruction_error(a.vae, scenes.images) < 0.8 * vae_before
+    assert _fixed_unet_loss(a, mean, scenes.labels) < 0.9 * unet_before
 
 
 @pytest.mark.timeout(120)
@@ -176,6 +177,7 @@ def test_shipped_unet_attention_finds_objects(shipped):
     assert trained > untrained + 0.15, (trained, untrained)
 
 
-# measured on the shipped model (see its manifest), with margin
+# measured on the shipped model with margin: VAE L1 16.2/255 on these 16 scenes (an untrained VAE: ~48);
+# attention IoU at t=100, K=8 on 16 held-out scenes 0.45 (the untrained UNet of the same config: 0.17)
 VAE_L1_BOUND = 20.0
-ATTN_IOU_BOUND = 0.45
+ATTN_IOU_BOUND = 0.35

@@ -309,14 +309,12 @@ def _reusable(out: str | Path, params_hash: str, ids: list[str]) -> ImageStore |
 
 
 # ---------------------------------------------------------------------------------- metric
-def upsample_labels(soft: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(k, G, G) soft maps -> (H, W) cluster ids: argmax of the bilinearly upsampled maps."""
-    import torch
-
-    from pipeline.diffusion.capture import resize_grids
-
-    maps = resize_grids(torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32)), size)
-    return maps.argmax(0).numpy()
+def upsample_labels(hard: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(G, G) hard cluster map -> (H, W) by nearest neighbour (pixel centres mapped onto the grid)."""
+    hard = np.asarray(hard)
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * hard.shape[0] / size[0]).astype(int), hard.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * hard.shape[1] / size[1]).astype(int), hard.shape[1] - 1)
+    return hard[rows[:, None], cols[None, :]]
 
 
 def colour_kmeans(image: np.ndarray, k: int, *, seed: int = 0, max_fit: int = 20000) -> np.ndarray:
@@ -337,7 +335,8 @@ def evaluate_clusters(
     cfg: DiffusionAttentionParams, models: ModelsParams, geo: Geometry, maps: "DiffusionMaps", dataset: _Splits,
     ids: Sequence[str], *, split: str,
 ) -> dict[str, Any]:
-    """Best-match IoU of the stored clusters with the object masks of `ids` (mean over images with objects).
+    """Best-match IoU of the stored hard cluster maps (nearest-upsampled to the mask) with the object
+    masks of `ids` (pipeline.metrics.best_match_iou per image, mean over images with objects).
 
     Baselines (cfg.eval_baselines): the same capture + ACR with an untrained UNet of the model's
     config, and colour k-means on pixel RGB with the image's ACR cluster count (at least 2).
@@ -352,14 +351,13 @@ def evaluate_clusters(
         baseline = ImageClusterer(dataclasses.replace(cfg, store_attention=False), geo, pipe, unet=untrained_unet(pipe.unet))
     for image_id in ids:
         mask = dataset.load_mask(image_id)
-        soft, _ = maps.clusters(image_id)
+        soft, hard = maps.clusters(image_id)
         ks.append(len(soft))
-        scores["acr"].append(best_match_iou(upsample_labels(soft, mask.shape), mask))
+        scores["acr"].append(best_match_iou(upsample_labels(hard, mask.shape), mask))
         if baseline is not None:
             image = dataset.load_image(image_id)
             untrained = baseline(image, image_id)
-            k = int(untrained["k"])
-            scores["untrained_unet"].append(best_match_iou(upsample_labels(untrained["soft"][:k].astype(np.float32), mask.shape), mask))
+            scores["untrained_unet"].append(best_match_iou(upsample_labels(untrained["hard"], mask.shape), mask))
             scores["colour_kmeans"].append(best_match_iou(colour_kmeans(image, max(2, len(soft))), mask))
     mean = lambda v: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else None  # noqa: E731
     metric: dict[str, Any] = {

@@ -141,7 +141,9 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
     ``fine_grid`` the same under "fine" for the attention upsampled to that grid."""
     scenes = holdout_scenes(config)
     masks = [s.mask for s in scenes]
-    models = [("trained", pipe.unet)] + ([("untrained", untrained_unet(pipe, config.untrained_seed))] if baselines else [])
+    models = [("trained", pipe.unet)]
+    if baselines:
+        models.append(("untrained", untrained_unet(pipe, config.untrained_seed)))
     runs = [(config.grid, config.timesteps)]
     if config.fine_grid:
         runs.append((config.fine_grid, config.fine_timesteps))
@@ -239,7 +241,8 @@ def evaluate_samples(pipe: Any, clip: Any, config: SDEvalConfig, *, reference: b
                   for i in range(len(images))]
         single = [s for s in single if s.labels]
         ref = clip_zero_shot(clip, np.stack([s.image for s in single]), templates=config.clip_templates)
-        result["real_single_object_accuracy"] = round(float(np.mean(ref == np.array([s.labels[0] - 1 for s in single]))), 4)
+        truth = np.array([s.labels[0] - 1 for s in single])
+        result["real_single_object_accuracy"] = round(float(np.mean(ref == truth)), 4)
     logger.info("samples: mean %.3f per class %s", result["mean"], per_class)
     return result, images
 
@@ -286,7 +289,8 @@ def evaluate_sd(pipe: Any, config: SDEvalConfig = SDEvalConfig(), *, clip: Any =
                 samples_png: str | Path | None = None) -> dict[str, Any]:
     """(a) always, (b) when a CLIP is given, plus VAE reconstruction error on 16 held-out scenes."""
     result: dict[str, Any] = {"config": _jsonable(asdict(config))}
-    result["vae_l1_255"] = round(vae_reconstruction_error(pipe.vae, np.stack([s.image for s in holdout_scenes(config, 16)])), 3)
+    recon = np.stack([s.image for s in holdout_scenes(config, 16)])
+    result["vae_l1_255"] = round(vae_reconstruction_error(pipe.vae, recon), 3)
     result["attention_clusters"] = evaluate_attention(pipe, config)
     if clip is not None:
         result["samples"], images = evaluate_samples(pipe, clip, config)

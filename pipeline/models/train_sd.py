@@ -11,8 +11,9 @@ Recipe (every knob is a field of :class:`SDPretrainConfig`):
   random order through one of ``caption_templates`` ("a photo of a disk and a star."); a scene whose objects
   were all dropped by occlusion gets the empty caption.
 * **VAE** (``AutoencoderKL``): L1 + L2 reconstruction + a small KL on random ``vae_crop`` px crops (fully
-  convolutional, 4x cheaper than whole scenes) with flips; afterwards the latent scaling factor is set to
-  1 / std of the latents of the training scenes, as SD's 0.18215 was.
+  convolutional, 4x cheaper than whole scenes) with flips, the last ``vae_full_steps`` steps on whole
+  scenes (image borders, the mid-block attention at full size); afterwards the latent scaling factor is
+  set to 1 / std of the latents of the training scenes, as SD's 0.18215 was.
 * **UNet + text encoder**: epsilon prediction on VAE latents (posterior samples times the scaling factor)
   noised with the DDIM scheduler's training betas; optional min-SNR loss weighting; the CLIP text encoder
   (random init) is trained jointly, because nothing pretrained exists to freeze; ``cfg_dropout`` of the
@@ -42,7 +43,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.data.shapes import ShapesConfig
+from pipeline.diffusion.config import DiffusionAttentionParams
 
 DatasetKind = Literal["folder", "voc", "coco"]
 
@@ -129,6 +130,7 @@ class Params:
     runner: RunnerParams = field(default_factory=RunnerParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
     models: ModelsParams = field(default_factory=ModelsParams)
+    diffusion_attention: DiffusionAttentionParams = field(default_factory=DiffusionAttentionParams)
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
