@@ -157,6 +157,8 @@ def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # end-of-text token
+    if model.text_projection is None:
+        return x
     if isinstance(model.text_projection, nn.Linear):
         return model.text_projection(x)
     return x @ model.text_projection
