@@ -19,14 +19,6 @@ from pipeline.models import load_clip
 TINY_CLIP = "diclip-tiny-vit-p8-64"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_visual():
     torch.manual_seed(0)

@@ -46,14 +46,6 @@ SMALL = ClipPretrainConfig(num_images=8, batch_size=8, steps=40, warmup_steps=5,
                            log_every=5, evaluate=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small_pool():
     """8 training scenes with 8 different class sets: a batch a tiny CLIP can learn in 40 steps."""

@@ -25,14 +25,6 @@ TINY_RUN = dict(n_scenes=6, n_single_scenes=2, vae_steps=6, vae_batch=4, vae_cro
                 unet_steps=6, unet_batch=8, unet_warmup=2, time_probe_steps=2, log_every=3, encode_batch=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tok")
