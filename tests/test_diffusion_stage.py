@@ -9,8 +9,6 @@ process with a slowed ACR, for the kill test.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.diffusion.config import DiffusionAttentionParams
+from tests.kill_run import kill_when_part_way
 from pipeline.params import RunnerParams
 from pipeline.params.sections import ModelsParams, SDModelParams
 
@@ -145,20 +144,7 @@ def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_pat
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     staging = out.with_name(out.name + ".staging")
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            done = ImageStore.open(out, require_complete=False).done().sum() if (out / "zarr.json").exists() else 0
-            staged = len(list(staging.glob("*.npz"))) if staging.exists() else 0
-            if done >= 4 and staged >= 1:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run never got part-way")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when_part_way(proc, out, min_done=4, min_staged=1, timeout=180)
     store = ImageStore.open(out, require_complete=False)
     assert not store.attrs["complete"]
     done = store.done()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from pipeline.params import RunnerParams
 from pipeline.runner import ImageFailures, Runner, run_per_image
 from pipeline.store.image_store import ImageStore
+from tests.kill_run import kill_when_part_way
 from tests.runner_tasks import SPECS, PlantedTask, computed_ids, expected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,21 +83,7 @@ def test_resume_after_kill_computes_only_missing_images(tmp_path):
         [sys.executable, "-m", "tests.runner_script", str(store_path), str(n), str(shard), "0.15", str(log1)],
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            staging = store_path.with_name(store_path.name + ".staging")
-            done = ImageStore.open(store_path, require_complete=False).done().sum() if (store_path / "zarr.json").exists() else 0
-            staged = len(list(staging.glob("*.npz"))) if staging.exists() else 0
-            if done >= shard and staged >= 2:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run never got part-way")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the run: the driver and its dask workers
-        proc.wait()
+    kill_when_part_way(proc, store_path, min_done=shard, min_staged=2, timeout=120)
 
     store = ImageStore.open(store_path, require_complete=False)
     assert not store.attrs["complete"]
