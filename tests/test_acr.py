@@ -83,6 +83,25 @@ def test_max_clusters_caps_by_merging_the_closest_groups():
         assert len(np.unique(result.hard[labels == g])) == 1
 
 
+def test_capping_merges_the_same_pairs_as_recomputing_every_distance():
+    """The cap updates one distance row per merge; a from-scratch recomputation after every merge
+    (symmetric_kl over all proposals) must pick the same pairs, on rows with no planted structure."""
+    rng = np.random.default_rng(11)
+    rows = rng.dirichlet(np.full(64, 0.5), size=40)
+    proposals, members, n = merge_proposals(rows, threshold=1e-9, rounds=1, max_clusters=6)
+    assert n == 40 and len(members) == 6
+    ref = [np.eye(40, dtype=bool)[i] for i in range(40)]  # the reference: one closest pair at a time
+    while len(ref) > 6:
+        means = np.stack([rows[m].mean(0) for m in ref])
+        d = symmetric_kl(means, means)
+        np.fill_diagonal(d, np.inf)
+        i, j = sorted(np.unravel_index(np.argmin(d), d.shape))
+        ref[i] = ref[i] | ref[j]
+        del ref[j]
+    assert sorted(map(tuple, members.astype(int))) == sorted(map(tuple, np.stack(ref).astype(int)))
+    np.testing.assert_allclose(proposals, np.stack([rows[m].mean(0) for m in members]), rtol=1e-5, atol=1e-6)  # rows get +1e-8 before use
+
+
 def test_no_merging_rounds_keeps_anchors_as_proposals():
     labels = planted_partition()
     result = acr(planted_attention(labels, seed=3), 16, **{**ACR, "merge_rounds": 0, "anchor_grid": 4})

@@ -81,16 +81,24 @@ def merge_proposals(
         proposals = _member_means(members, anchors)
     n_proposals = len(members)
     if len(members) > max_clusters:  # merge the closest pair until it fits (distances updated per merge)
-        d = symmetric_kl(proposals, proposals)
+        # proposals are already distributions: keep their logs and entropies and update one row per
+        # merge, instead of re-normalising all of them for every merge (the cost at 64x64 grids)
+        logp = np.log(np.maximum(proposals, EPS))
+        neg_ent = (proposals * logp).sum(1)
+        d = 0.5 * (neg_ent[:, None] + neg_ent[None, :] - proposals @ logp.T - logp @ proposals.T)
+        d = np.maximum(d, 0.0)
         np.fill_diagonal(d, np.inf)
         while len(members) > max_clusters:
             i, j = sorted(np.unravel_index(np.argmin(d), d.shape))
             members[i] |= members[j]
             keep = np.arange(len(members)) != j
             members, d = members[keep], d[keep][:, keep]
-            proposals = proposals[keep]
+            proposals, logp, neg_ent = proposals[keep], logp[keep], neg_ent[keep]
             proposals[i] = _member_means(members[i:i + 1], anchors)[0]
-            d[i] = d[:, i] = symmetric_kl(proposals[i:i + 1], proposals)[0]
+            logp[i] = np.log(np.maximum(proposals[i], EPS))
+            neg_ent[i] = proposals[i] @ logp[i]
+            row = 0.5 * (neg_ent[i] + neg_ent - logp @ proposals[i] - proposals @ logp[i])
+            d[i] = d[:, i] = np.maximum(row, 0.0)
             d[i, i] = np.inf
     return proposals, members, n_proposals
 
@@ -134,13 +142,16 @@ def acr(
     threads: int = 1,
 ) -> ACRResult:
     """Cluster the (N, N) row-stochastic attention of an (h, w) token grid; see the module docstring."""
-    A = np.asarray(attention, dtype=np.float64)
     h, w = (grid_hw, grid_hw) if isinstance(grid_hw, (int, np.integer)) else grid_hw
-    if A.shape != (h * w, h * w):
-        raise ValueError(f"attention has shape {A.shape}, expected ({h * w}, {h * w}) for a {h}x{w} grid")
-    A = _as_distributions(A)
+    if np.shape(attention) != (h * w, h * w):
+        raise ValueError(f"attention has shape {np.shape(attention)}, expected ({h * w}, {h * w}) for a {h}x{w} grid")
+    # float32 for the full matrix (k-means runs in float32; a float64 copy of a 4096^2 map is 134 MB),
+    # float64 for the anchor rows, whose KLs decide the merges
+    A = np.maximum(np.asarray(attention, dtype=np.float32), 0.0) + np.float32(EPS)
+    A /= A.sum(-1, keepdims=True)
     anchors = anchor_indices((h, w), anchor_grid)
-    proposals, _, n_proposals = merge_proposals(A[anchors], threshold=merge_kl, rounds=merge_rounds, max_clusters=max_clusters)
+    proposals, _, n_proposals = merge_proposals(A[anchors].astype(np.float64), threshold=merge_kl, rounds=merge_rounds,
+                                                max_clusters=max_clusters)
     labels, centres = kmeans_refine(A, proposals, iters=kmeans_iters, threads=threads)
     soft = centres.astype(np.float64).reshape(-1, h, w)  # cluster k's mean attention as a map
     soft = soft / np.maximum(soft.sum(0, keepdims=True), EPS)

@@ -3,7 +3,8 @@
 Which Stable Diffusion runs, on which device and at which precision, is the shared `models` section
 (`models.sd.model`, `models.device`, `models.precision`), as for every stage that loads a model.
 Defaults here are for the shapes world with the shipped tiny SD (64 px images, 16x16 latents, a
-patch-8 tiny CLIP, so an 8x8 CAM patch grid). For SD 2.1-base on VOC/COCO a preset sets
+patch-8 tiny CLIP, so an 8x8 CAM patch grid), except `image_size` (null: the model's native size), which the
+shapes preset sets to 256. For SD 2.1-base on VOC/COCO a preset sets
 `attention_grid: 20` (CLIP ViT-B/16 at 320 px) and leaves the grids that follow the model on null.
 """
 
@@ -17,8 +18,8 @@ class DiffusionAttentionParams:
     """Stage A: Stable Diffusion self-attention capture, aggregation and ACR clustering."""
 
     # --- the forward pass (the model itself: models.sd.model, models.device, models.precision)
-    image_size: int | None = None  # images are resized to this square size before the VAE; null: the model's native size (UNet sample_size x VAE factor: 64 tiny, 512 SD 2.1-base)
-    timestep: int = 100  # diffusion timestep of the one UNet forward (method.md: 100..300); tiny SD, train[:100] hard-map IoU: t=0 .43, 50 .42, 100 .42, 200 .40, 300 .38
+    image_size: int | None = None  # images are resized to this square size before the VAE; null: the model's native size (UNet sample_size x VAE factor: 64 tiny, 512 SD 2.1-base). The shapes preset sets 256: the tiny SD's finest attention is then 64x64 over a 64 px scene, and small objects get their own clusters (chosen on train[:100], t=100, K<=12, best-match IoU: 64 px .43, 128 .52, 192 .54, 256 .59)
+    timestep: int = 100  # diffusion timestep of the one UNet forward (method.md: 100..300); tiny SD at 256 px, train[:100]: t=100 .59, 200 .58 (at 64 px: t=0 .43, 50 .42, 100 .42, 200 .40, 300 .38)
     add_noise: bool = True  # add the scheduler's noise for `timestep` to the VAE latent (false: the clean latent at that timestep, as DiffSeg's code does)
     noise_seed: int = 0  # base seed; each image's noise is seeded by (noise_seed, image id), so results do not depend on order or workers
     prompt: str = ""  # text conditioning of the UNet (encoded once); DiffSeg/DiCLIP use the empty prompt
@@ -29,9 +30,9 @@ class DiffusionAttentionParams:
     block_mb: int = 8  # memory budget (MiB) for one block of attention scores + probabilities: layers are processed in blocks of query rows (cache-sized blocks are also the fastest on the CPU)
     # --- ACR (attention clustering refinement)
     anchor_grid: int = 16  # anchors on a regular anchor_grid x anchor_grid lattice of the cluster grid (capped at the cluster grid)
-    merge_kl: float = 0.005  # merge proposals whose symmetric KL (mean of both directions) is below this; scale follows the model's attention sharpness: tiny SD (diffuse, anchor KLs ~0.01-0.08) 0.005 (0.01: .38, 0.02: collapses to 1-2 clusters); SD 2.x: ~0.9 (method.md, DiffSeg 1.1)
+    merge_kl: float = 0.005  # merge proposals whose symmetric KL (mean of both directions) is below this; scale follows the model's attention sharpness: tiny SD (diffuse, anchor KLs ~0.01-0.08) 0.005 (at 128 px, train[:100]: 0.002 .52, 0.005 .52, 0.01 .49); SD 2.x: ~0.9 (method.md, DiffSeg 1.1)
     merge_rounds: int = 3  # merging rounds (stops earlier when nothing changes)
-    max_clusters: int = 16  # at most this many clusters per image (closest proposals merged beyond it); the stored soft-map axis length (tiny SD: 8 .40, 12 .41, 16 .43, 24 .44 at t=0)
+    max_clusters: int = 16  # at most this many clusters per image (closest proposals merged beyond it); the stored soft-map axis length (tiny SD at 256 px, train[:100]: 6 .54, 8 .59, 12 .59; the shapes preset sets 12)
     kmeans_iters: int = 10  # k-means refinement iterations, initialised from the merged proposals (0: nearest proposal only)
     # --- storage and evaluation
     shard_images: int = 64  # images per zarr shard (chunks hold one image)

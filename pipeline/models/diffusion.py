@@ -24,6 +24,7 @@ token embedding); DDIM with SD's scaled-linear betas, epsilon prediction.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -230,6 +231,9 @@ def load_stable_diffusion(
                 # cast while loading (not with .to() afterwards) so diffusers keeps the modules
                 # it marks fp32-only in fp32.
                 **{_DTYPE_KWARG: dtype},
+                # without accelerate, diffusers falls back to ordinary loading anyway but warns once per
+                # component; ask for that loading outright so the logs stay readable
+                **({} if _HAS_ACCELERATE else {"low_cpu_mem_usage": False}),
             )
     except OSError as err:  # hub/cache failures: LocalEntryNotFoundError, HTTP and connection errors
         raise _unavailable(source, f"loading failed ({type(err).__name__}: {err})", looked_in, hf_cache,
@@ -292,6 +296,7 @@ def _dtype_kwarg() -> str:
 
 
 _DTYPE_KWARG = _dtype_kwarg()
+_HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
 
 
 def _init_keys(cls: type) -> frozenset[str]:

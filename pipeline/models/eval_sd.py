@@ -2,7 +2,8 @@
 
 Two measurements, both on scenes no training saw (split ``sd_holdout`` of the demo world):
 
-* **(a) self-attention clusters vs objects.** Each held-out image goes through the VAE, gets seeded noise
+* **(a) self-attention clusters vs objects.** Each held-out image, resized to ``image_size`` (256 px: the
+  setting of the diffusion_attention stage on the shapes world), goes through the VAE, gets seeded noise
   at one timestep and one UNet forward with the empty prompt; every ``attn1`` map is aggregated at a
   ``grid`` x ``grid`` token grid (:func:`pipeline.diffusion.capture.capture_self_attention`, the capture
   Stage A uses). The ``grid**2`` attention rows of an image are clustered with k-means for each K in
@@ -31,7 +32,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 from pipeline.data.shapes import CLASS_NAMES, Scene, ShapesConfig, render_scene, scene_seed
-from pipeline.diffusion.capture import capture_self_attention, encode_images, encode_prompt
+from pipeline.diffusion.capture import capture_self_attention, encode_images, encode_prompt, native_image_size
 from pipeline.metrics import best_match_iou
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,15 @@ class SDEvalConfig:
     world_seed: int = 0
     split: str = "sd_holdout"              # held-out scenes (never a training split)
     n_scenes: int = 100                    # held-out scenes for (a)
-    timesteps: tuple[int, ...] = (50, 100, 200, 300)  # noise levels of the single UNet forward
-    grid: int = 16                         # token grid of the aggregated attention (latent size for 64 px)
-    ks: tuple[int, ...] = (4, 6, 8, 10, 12)  # k-means cluster counts
-    fine_grid: int | None = 32             # also cluster the attention upsampled to this grid (None: skip) ...
+    timesteps: tuple[int, ...] = (100, 200)  # noise levels of the single UNet forward (method.md: 100..300)
+    image_size: int | None = 256           # scenes are resized to this before the VAE (None: the model's native 64 px);
+                                           # 256 is what the diffusion_attention stage uses on the shapes world
+    grid: int | None = None                # token grid of the aggregated attention (None: the latent size, the finest layer's)
+    ks: tuple[int, ...] = (8, 12)          # k-means cluster counts (the stage caps ACR at 12 on the shapes world)
+    fine_grid: int | None = None           # also cluster the attention resampled to this grid (None: skip) ...
     fine_timesteps: tuple[int, ...] = (100,)  # ... at these timesteps
     noise_seed: int = 0                    # image b's noise is seeded noise_seed + b
-    kmeans_n_init: int = 3
+    kmeans_n_init: int = 1                 # one k-means++ start: 4096 rows of 4096 keys per image at 256 px
     prompt: str = ""                       # UNet conditioning for the capture (Stage A: empty)
     untrained_seed: int = 0                # init seed of the untrained-UNet baseline
     batch: int = 25
@@ -77,7 +80,7 @@ def holdout_scenes(config: SDEvalConfig, n: int | None = None) -> list[Scene]:
 
 def cluster_rows(features: np.ndarray, k: int, *, n_init: int, seed: int = 0) -> np.ndarray:
     """k-means labels (G*G,) of one image's rows ``features`` (G*G, D)."""
-    return KMeans(k, n_init=n_init, random_state=seed).fit_predict(features.astype(np.float64))
+    return KMeans(k, n_init=n_init, random_state=seed).fit_predict(np.asarray(features, dtype=np.float32))
 
 
 def score_cluster_map(labels: np.ndarray, mask: np.ndarray) -> float:
@@ -105,17 +108,28 @@ def cluster_scores(features: np.ndarray, masks: Sequence[np.ndarray], ks: Sequen
 def aggregated_attention(pipe: Any, unet: torch.nn.Module, scenes: Sequence[Scene], *, timestep: int,
                          config: SDEvalConfig) -> np.ndarray:
     """(N, G*G, G*G) float32 row-stochastic aggregated self-attention of ``unet`` on the scenes."""
-    size = scenes[0].image.shape[0]
+    size = attention_image_size(pipe, config)
     text = encode_prompt(pipe, config.prompt)
     out = []
     for b0 in range(0, len(scenes), config.batch):
         part = scenes[b0:b0 + config.batch]
         latents = encode_images(pipe.vae, [s.image for s in part], size)
         seeds = [config.noise_seed + b0 + i for i in range(len(part))]
-        attn = capture_self_attention(unet, latents, text, timestep, grid=config.grid, noise_seed=seeds,
+        attn = capture_self_attention(unet, latents, text, timestep, grid=attention_grid(pipe, config), noise_seed=seeds,
                                       alphas_cumprod=pipe.scheduler.alphas_cumprod)
         out.append(attn.float().numpy())
     return np.concatenate(out)
+
+
+def attention_image_size(pipe: Any, config: SDEvalConfig) -> int:
+    """The side scenes are resized to before the VAE: ``config.image_size`` or the pipeline's native size."""
+    return config.image_size or native_image_size(pipe)
+
+
+def attention_grid(pipe: Any, config: SDEvalConfig) -> int:
+    """The aggregation grid: ``config.grid`` or the latent size at :func:`attention_image_size`."""
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return config.grid or attention_image_size(pipe, config) // factor
 
 
 def colour_features(scenes: Sequence[Scene], grid: int) -> np.ndarray:
@@ -144,7 +158,7 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
     models = [("trained", pipe.unet)]
     if baselines:
         models.append(("untrained", untrained_unet(pipe, config.untrained_seed)))
-    runs = [(config.grid, config.timesteps)]
+    runs = [(attention_grid(pipe, config), config.timesteps)]
     if config.fine_grid:
         runs.append((config.fine_grid, config.fine_timesteps))
     out: dict[str, Any] = {}
@@ -165,7 +179,8 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
             logger.info("colour k-means grid %d: %s", grid, result["colour_kmeans"])
         result["oracle_grid"] = round(float(np.nanmean([score_cluster_map(snap_mask(m, grid), m) for m in masks])), 4)
         result["best"] = {name: _best(result[name]) for name in ("trained", "untrained") if name in result}
-        if grid == config.grid:
+        if grid == runs[0][0]:
+            result["image_size"] = attention_image_size(pipe, config)
             out.update(result)
         else:
             out["fine"] = result
