@@ -132,6 +132,7 @@ def _evaluate(path: Path, eval_scenes: int, samples_per_class: int, clip_dir: Pa
     metrics["summary"] = {
         "attention_iou_trained": attn["best"]["trained"],
         "attention_iou_untrained": attn["best"].get("untrained"),
+        "attention_iou_acr": attn.get("acr"),
         "colour_kmeans_best": max(attn["colour_kmeans"].values()) if "colour_kmeans" in attn else None,
         "sample_accuracy": None if clip is None else metrics["samples"]["mean"],
         "vae_l1_255": metrics["vae_l1_255"],

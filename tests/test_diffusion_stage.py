@@ -191,7 +191,7 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
     def small(p):
         p["shapes"]["splits"] = {"train": 8, "val": 4}
         p["models"]["sd"]["model"] = "pipeline/models/weights/diclip-tiny-sd"
-        p.setdefault("diffusion_attention", {}).update(eval_images=2, shard_images=4)
+        p.setdefault("diffusion_attention", {}).update(eval_images=2, shard_images=4, image_size=64)  # native size: fast
 
     edit_params(repo, small)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]

@@ -72,9 +72,12 @@ def test_presets_switch_the_dataset_and_keep_comments(tmp_path):
     assert params.models.sd.model == "stabilityai/stable-diffusion-2-1-base"
     text = path.read_text()
     assert "# fail | skip" in text  # comments survive the edit
+    assert params.diffusion_attention.image_size is None  # SD 2.1 at its native 512 px, not the demo's 256
     apply_preset(path, "shapes")
     assert load_params(path).dataset == Params().dataset
     assert load_params(path).models == Params().models
+    # every key the voc preset changed is set back: the file is the repository's params.yaml again, byte for byte
+    assert path.read_text() == (ROOT / "params.yaml").read_text()
     with pytest.raises(ParamsError, match="unknown preset 'pascal'; available: coco, shapes, voc"):
         apply_preset(path, "pascal")
     assert yaml.safe_load(path.read_text())["dataset"]["kind"] == "folder"

@@ -57,6 +57,8 @@ class SDEvalConfig:
     fine_timesteps: tuple[int, ...] = (100,)  # ... at these timesteps
     noise_seed: int = 0                    # image b's noise is seeded noise_seed + b
     kmeans_n_init: int = 1                 # one k-means++ start: 4096 rows of 4096 keys per image at 256 px
+    acr_max_clusters: int | None = 12      # also score ACR (the stage's clustering; the shapes preset's settings:
+    acr_merge_kl: float = 0.005            # anchors 16x16, 3 merge rounds, 10 k-means iterations); None: skip
     prompt: str = ""                       # UNet conditioning for the capture (Stage A: empty)
     untrained_seed: int = 0                # init seed of the untrained-UNet baseline
     batch: int = 25
@@ -91,6 +93,18 @@ def score_cluster_map(labels: np.ndarray, mask: np.ndarray) -> float:
     else:
         up = np.kron(labels, np.ones((s // g, s // g), dtype=labels.dtype))
     return best_match_iou(up, mask)
+
+
+def acr_score(features: np.ndarray, masks: Sequence[np.ndarray], grid: int, config: SDEvalConfig) -> float:
+    """Mean best-match IoU of ACR hard maps (what the diffusion_attention stage stores) of (B, G*G, G*G) attention."""
+    from pipeline.diffusion.acr import acr
+    from pipeline.diffusion.config import DiffusionAttentionParams
+
+    p = DiffusionAttentionParams(max_clusters=config.acr_max_clusters, merge_kl=config.acr_merge_kl)
+    scores = [score_cluster_map(acr(f, grid, anchor_grid=p.anchor_grid, merge_kl=p.merge_kl, merge_rounds=p.merge_rounds,
+                                    max_clusters=p.max_clusters, kmeans_iters=p.kmeans_iters).hard, m)
+              for f, m in zip(features, masks)]
+    return round(float(np.nanmean(scores)), 4)
 
 
 def cluster_scores(features: np.ndarray, masks: Sequence[np.ndarray], ks: Sequence[int], *,
@@ -172,7 +186,10 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
                 t0 = time.perf_counter()
                 feats = aggregated_attention(pipe, unet, scenes, timestep=t, config=cfg)
                 result[name][int(t)] = cluster_scores(feats, masks, config.ks, **kw)
-                logger.info("attention clusters grid %d %s t=%d: %s (%.0fs)", grid, name, t, result[name][int(t)],
+                if config.acr_max_clusters:
+                    result.setdefault("acr", {}).setdefault(name, {})[int(t)] = acr_score(feats, masks, grid, config)
+                logger.info("attention clusters grid %d %s t=%d: k-means %s ACR %s (%.0fs)", grid, name, t,
+                            result[name][int(t)], result.get("acr", {}).get(name, {}).get(int(t)),
                             time.perf_counter() - t0)
         if baselines:
             result["colour_kmeans"] = cluster_scores(colour_features(scenes, grid), masks, config.ks, **kw)

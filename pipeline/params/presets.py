@@ -40,6 +40,9 @@ def apply_preset(params_path: str | Path, name: str, *, root: str | None = None)
     params_path = Path(params_path)
     rt = YAML()
     rt.preserve_quotes = True
+    rt.width = 4096  # long values (checkpoint paths) stay on their line
+    # write None as `null`, as params.yaml spells it, not as an empty value
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = rt.load(params_path.read_text()) if params_path.exists() else {}
     data = data if data is not None else {}
     changed = _merge(data, overrides, "")
