@@ -23,9 +23,10 @@ def diffusion_attention_command(params_path: Path, index_dir: Path, out: Path, m
     """Capture SD self-attention and cluster it (ACR) for every image of the train and eval splits.
 
     Reads params sections `diffusion_attention`, `models` (sd.model, device, precision), `runner`
-    and `dataset.class_names_file`. Per image: VAE latent of the image resized to `image_size` (null: the model's native size; the
-    shapes preset uses 256), noise at `timestep` seeded by the image id, one UNet forward with the prompt; every self-attention layer's head-mean map is aggregated on the fly at
-    the cluster grid (resolution-weighted, rows normalised); ACR merges anchor attention rows by
+    and `dataset.class_names_file`. Per image: VAE latent of the image resized to `image_size`
+    (null: the model's native size; the shapes preset uses 256), noise at `timestep` seeded by the
+    image id, one UNet forward with the prompt; every self-attention layer's head-mean map is
+    aggregated on the fly at the cluster grid (resolution-weighted, rows normalised); ACR merges anchor attention rows by
     symmetric KL and refines with k-means. Stores soft and hard cluster maps, the cluster count and
     (optionally) the aggregated attention at the CLIP patch grid. Resumable: a rerun after a kill
     computes only the missing images; a finished store with the same params is kept and only the

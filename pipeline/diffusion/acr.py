@@ -49,14 +49,20 @@ def anchor_indices(grid_hw: tuple[int, int], anchor_grid: int) -> np.ndarray:
 
 def symmetric_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """(M, M') mean of KL(p_i || q_j) and KL(q_j || p_i) between rows of p (M, N) and q (M', N)."""
-    p = _as_distributions(p)
-    q = _as_distributions(q)
-    logp, logq = np.log(p), np.log(q)
+    return _symmetric_kl_of(*_with_logs(_as_distributions(p)), *_with_logs(_as_distributions(q)))
+
+
+def _with_logs(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, log p, sum_j p log p) of strictly positive distributions p (M, N)."""
+    logp = np.log(p)
+    return p, logp, (p * logp).sum(1)
+
+
+def _symmetric_kl_of(p, logp, plogp, q, logq, qlogq) -> np.ndarray:
+    """symmetric_kl from `_with_logs` of both sides (so the cap loop can update one row per merge)."""
     # KL(p||q) + KL(q||p) = sum p log p + sum q log q - sum p log q - sum q log p
-    self_p = (p * logp).sum(1)[:, None]
-    self_q = (q * logq).sum(1)[None, :]
     cross = p @ logq.T + logp @ q.T
-    return np.maximum(0.5 * (self_p + self_q - cross), 0.0)
+    return np.maximum(0.5 * (plogp[:, None] + qlogq[None, :] - cross), 0.0)
 
 
 def merge_proposals(
@@ -81,24 +87,20 @@ def merge_proposals(
         proposals = _member_means(members, anchors)
     n_proposals = len(members)
     if len(members) > max_clusters:  # merge the closest pair until it fits (distances updated per merge)
-        # proposals are already distributions: keep their logs and entropies and update one row per
-        # merge, instead of re-normalising all of them for every merge (the cost at 64x64 grids)
-        logp = np.log(np.maximum(proposals, EPS))
-        neg_ent = (proposals * logp).sum(1)
-        d = 0.5 * (neg_ent[:, None] + neg_ent[None, :] - proposals @ logp.T - logp @ proposals.T)
-        d = np.maximum(d, 0.0)
+        # proposals are already distributions (means of the normalised anchors): keep their logs
+        # and update one distance row per merge instead of re-normalising all of them every merge
+        proposals, logp, plogp = _with_logs(proposals)
+        d = _symmetric_kl_of(proposals, logp, plogp, proposals, logp, plogp)
         np.fill_diagonal(d, np.inf)
         while len(members) > max_clusters:
             i, j = sorted(np.unravel_index(np.argmin(d), d.shape))
             members[i] |= members[j]
             keep = np.arange(len(members)) != j
             members, d = members[keep], d[keep][:, keep]
-            proposals, logp, neg_ent = proposals[keep], logp[keep], neg_ent[keep]
+            proposals, logp, plogp = proposals[keep], logp[keep], plogp[keep]
             proposals[i] = _member_means(members[i:i + 1], anchors)[0]
-            logp[i] = np.log(np.maximum(proposals[i], EPS))
-            neg_ent[i] = proposals[i] @ logp[i]
-            row = 0.5 * (neg_ent[i] + neg_ent - logp @ proposals[i] - proposals @ logp[i])
-            d[i] = d[:, i] = np.maximum(row, 0.0)
+            _, logp[i:i + 1], plogp[i:i + 1] = _with_logs(proposals[i:i + 1])
+            d[i] = d[:, i] = _symmetric_kl_of(proposals[i:i + 1], logp[i:i + 1], plogp[i:i + 1], proposals, logp, plogp)[0]
             d[i, i] = np.inf
     return proposals, members, n_proposals
 
@@ -147,8 +149,7 @@ def acr(
         raise ValueError(f"attention has shape {np.shape(attention)}, expected ({h * w}, {h * w}) for a {h}x{w} grid")
     # float32 for the full matrix (k-means runs in float32; a float64 copy of a 4096^2 map is 134 MB),
     # float64 for the anchor rows, whose KLs decide the merges
-    A = np.maximum(np.asarray(attention, dtype=np.float32), 0.0) + np.float32(EPS)
-    A /= A.sum(-1, keepdims=True)
+    A = _as_distributions(attention, np.float32)
     anchors = anchor_indices((h, w), anchor_grid)
     proposals, _, n_proposals = merge_proposals(A[anchors].astype(np.float64), threshold=merge_kl, rounds=merge_rounds,
                                                 max_clusters=max_clusters)
@@ -165,9 +166,11 @@ def pad_soft(soft: np.ndarray, max_clusters: int) -> np.ndarray:
     return out
 
 
-def _as_distributions(x: np.ndarray) -> np.ndarray:
-    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0) + EPS
-    return x / x.sum(-1, keepdims=True)
+def _as_distributions(x: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """Rows of x clipped at 0, plus EPS (so logs are finite), normalised to sum to 1, as a new `dtype` array."""
+    x = np.maximum(np.asarray(x, dtype=dtype), 0.0) + np.asarray(EPS, dtype=dtype)
+    x /= x.sum(-1, keepdims=True)
+    return x
 
 
 def _member_means(members: np.ndarray, anchors: np.ndarray) -> np.ndarray:

@@ -367,10 +367,14 @@ def image_noise_seed(base_seed: int, image_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def vae_factor(pipe) -> int:
+    """The VAE's spatial downsampling: 2 per block after the first (8 for SD, 4 for the tiny SD)."""
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
 def native_image_size(pipe) -> int:
     """The square input size the pipeline was trained at: UNet sample_size x VAE downsampling."""
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return int(pipe.unet.config.sample_size) * factor
+    return int(pipe.unet.config.sample_size) * vae_factor(pipe)
 
 
 @torch.no_grad()
@@ -420,7 +424,7 @@ class ImageAttention:
         self.unet = pipe.unet if unet is None else unet
         self.timestep = int(timestep)
         self.image_size = native_image_size(pipe) if image_size is None else int(image_size)
-        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        factor = vae_factor(pipe)
         if self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the VAE factor {factor}")
         self.latent_size = self.image_size // factor

@@ -5,7 +5,7 @@ Two measurements, both on scenes no training saw (split ``sd_holdout`` of the de
 * **(a) self-attention clusters vs objects.** Each held-out image, resized to ``image_size`` (256 px: the
   setting of the diffusion_attention stage on the shapes world), goes through the VAE, gets seeded noise
   at one timestep and one UNet forward with the empty prompt; every ``attn1`` map is aggregated at a
-  ``grid`` x ``grid`` token grid (:func:`pipeline.diffusion.capture.capture_self_attention`, the capture
+  ``grid`` x ``grid`` token grid (:class:`pipeline.diffusion.capture.ImageAttention`, the capture
   Stage A uses). The ``grid**2`` attention rows of an image are clustered with k-means for each K in
   ``ks``; the cluster map is upsampled (nearest) to the mask's resolution and scored with
   :func:`pipeline.metrics.best_match_iou` (mean over the image's object classes of the best IoU any one
@@ -32,7 +32,7 @@ from PIL import Image
 from sklearn.cluster import KMeans
 
 from pipeline.data.shapes import CLASS_NAMES, Scene, ShapesConfig, render_scene, scene_seed
-from pipeline.diffusion.capture import capture_self_attention, encode_images, encode_prompt, native_image_size
+from pipeline.diffusion.capture import ImageAttention, native_image_size
 from pipeline.metrics import best_match_iou
 
 logger = logging.getLogger(__name__)
@@ -118,32 +118,24 @@ def cluster_scores(features: np.ndarray, masks: Sequence[np.ndarray], ks: Sequen
     return out
 
 
+def attention_extractor(pipe: Any, config: SDEvalConfig, *, timestep: int = 0,
+                        unet: torch.nn.Module | None = None) -> ImageAttention:
+    """Stage A's capture at the eval's image size (None: native) and grid (None: the latent size)."""
+    return ImageAttention(pipe, timestep=timestep, prompt=config.prompt, image_size=config.image_size,
+                          grid=config.grid, unet=unet)
+
+
 @torch.no_grad()
 def aggregated_attention(pipe: Any, unet: torch.nn.Module, scenes: Sequence[Scene], *, timestep: int,
                          config: SDEvalConfig) -> np.ndarray:
     """(N, G*G, G*G) float32 row-stochastic aggregated self-attention of ``unet`` on the scenes."""
-    size = attention_image_size(pipe, config)
-    text = encode_prompt(pipe, config.prompt)
+    extract = attention_extractor(pipe, config, timestep=timestep, unet=unet)
     out = []
     for b0 in range(0, len(scenes), config.batch):
         part = scenes[b0:b0 + config.batch]
-        latents = encode_images(pipe.vae, [s.image for s in part], size)
         seeds = [config.noise_seed + b0 + i for i in range(len(part))]
-        attn = capture_self_attention(unet, latents, text, timestep, grid=attention_grid(pipe, config), noise_seed=seeds,
-                                      alphas_cumprod=pipe.scheduler.alphas_cumprod)
-        out.append(attn.float().numpy())
+        out.append(extract([s.image for s in part], seeds).float().numpy())
     return np.concatenate(out)
-
-
-def attention_image_size(pipe: Any, config: SDEvalConfig) -> int:
-    """The side scenes are resized to before the VAE: ``config.image_size`` or the pipeline's native size."""
-    return config.image_size or native_image_size(pipe)
-
-
-def attention_grid(pipe: Any, config: SDEvalConfig) -> int:
-    """The aggregation grid: ``config.grid`` or the latent size at :func:`attention_image_size`."""
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return config.grid or attention_image_size(pipe, config) // factor
 
 
 def colour_features(scenes: Sequence[Scene], grid: int) -> np.ndarray:
@@ -172,11 +164,12 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
     models = [("trained", pipe.unet)]
     if baselines:
         models.append(("untrained", untrained_unet(pipe, config.untrained_seed)))
-    runs = [(attention_grid(pipe, config), config.timesteps)]
+    native = attention_extractor(pipe, config)  # its image size and grid, resolved from the pipeline
+    runs = [(native.grid, config.timesteps)]
     if config.fine_grid:
         runs.append((config.fine_grid, config.fine_timesteps))
     out: dict[str, Any] = {}
-    for grid, timesteps in runs:
+    for run, (grid, timesteps) in enumerate(runs):
         kw = dict(n_init=config.kmeans_n_init, grid=grid)
         cfg = replace(config, grid=grid)
         result: dict[str, Any] = {"grid": grid}
@@ -186,18 +179,18 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
                 t0 = time.perf_counter()
                 feats = aggregated_attention(pipe, unet, scenes, timestep=t, config=cfg)
                 result[name][int(t)] = cluster_scores(feats, masks, config.ks, **kw)
-                if config.acr_max_clusters:
-                    result.setdefault("acr", {}).setdefault(name, {})[int(t)] = acr_score(feats, masks, grid, config)
+                acr_iou = acr_score(feats, masks, grid, config) if config.acr_max_clusters else None
+                if acr_iou is not None:
+                    result.setdefault("acr", {}).setdefault(name, {})[int(t)] = acr_iou
                 logger.info("attention clusters grid %d %s t=%d: k-means %s ACR %s (%.0fs)", grid, name, t,
-                            result[name][int(t)], result.get("acr", {}).get(name, {}).get(int(t)),
-                            time.perf_counter() - t0)
+                            result[name][int(t)], acr_iou, time.perf_counter() - t0)
         if baselines:
             result["colour_kmeans"] = cluster_scores(colour_features(scenes, grid), masks, config.ks, **kw)
             logger.info("colour k-means grid %d: %s", grid, result["colour_kmeans"])
         result["oracle_grid"] = round(float(np.nanmean([score_cluster_map(snap_mask(m, grid), m) for m in masks])), 4)
         result["best"] = {name: _best(result[name]) for name in ("trained", "untrained") if name in result}
-        if grid == runs[0][0]:
-            result["image_size"] = attention_image_size(pipe, config)
+        if run == 0:
+            result["image_size"] = native.image_size
             out.update(result)
         else:
             out["fine"] = result
@@ -222,7 +215,7 @@ def _best(per_t: dict[int, dict[int, float]]) -> dict[str, float]:
 def generate_class_samples(pipe: Any, config: SDEvalConfig, class_names: Sequence[str] = CLASS_NAMES,
                            size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(C*n, S, S, 3) uint8 samples and (C*n,) intended class indices (0-based), class-major."""
-    size = size or pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = size or native_image_size(pipe)
     n = config.samples_per_class
     images, intended = [], []
     for c, name in enumerate(class_names):
