@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 @click.option("--scenes", type=int, default=None, help="Multi-object training scenes (default: SDPretrainConfig.n_scenes).")
 @click.option("--single-scenes", type=int, default=None,
               help="Single-object training scenes (default: SDPretrainConfig.n_single_scenes).")
+@click.option("--tiny-config", "tiny_config", default=None,
+              help="Component sizes: a config name from pipeline/models/tiny_configs/sd (default: SDPretrainConfig.tiny_config).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--eval-only", "eval_only", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Skip training: evaluate this pipeline directory and update its manifest's metrics.")
@@ -45,7 +47,7 @@ logger = logging.getLogger(__name__)
 @click.option("--clip-wait", type=float, default=0.0, show_default=True,
               help="Minutes to wait for --clip-dir to appear before skipping the sample metric.")
 def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, vae_share: float, scenes, single_scenes,
-                        threads: int, eval_only, do_eval: bool, eval_scenes: int, samples_per_class: int,
+                        tiny_config, threads: int, eval_only, do_eval: bool, eval_scenes: int, samples_per_class: int,
                         clip_dir: Path, clip_wait: float) -> None:
     """Train the tiny Stable Diffusion on shapes-world scenes and write a diffusers pipeline directory.
 
@@ -85,6 +87,13 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
             raise click.BadParameter("must lie in (0, 1)", param_hint="--vae-share")
         overrides.update(vae_minutes=minutes * vae_share, unet_minutes=minutes * (1.0 - vae_share),
                          vae_steps=10**9, unet_steps=10**9)
+    if tiny_config is not None:
+        from pipeline.models.diffusion import list_tiny_sd_configs
+
+        if tiny_config not in list_tiny_sd_configs():
+            raise click.BadParameter(f"unknown config {tiny_config!r}; shipped: {', '.join(list_tiny_sd_configs())}",
+                                     param_hint="--tiny-config")
+        overrides["tiny_config"] = tiny_config
     if scenes is not None:
         overrides["n_scenes"] = scenes
     if single_scenes is not None:
@@ -93,6 +102,7 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
     record = train_sd(config, out, progress=True)
     record["command"] = _command_line()
     record["reproduce"] = shlex.join(["python", "-m", "stages.pretrain_sd", "--out", str(out), "--seed", str(seed),
+                                      "--tiny-config", config.tiny_config,
                                       "--vae-steps", str(record["vae"]["steps"]),
                                       "--unet-steps", str(record["unet"]["steps"])]
                                      + (["--scenes", str(scenes)] if scenes is not None else [])

@@ -64,3 +64,11 @@ def test_shapes_generate_then_prepare_from_the_command_line(tmp_path):
     assert "train: 6 images indexed" in prep.output and "val: 3 images indexed" in prep.output
     bad = runner.invoke(main, ["shapes", "generate", "--split", "train"])
     assert bad.exit_code == 2 and "expected NAME=COUNT" in bad.output
+
+
+def test_pretrain_sd_rejects_an_unknown_tiny_config_before_training(tmp_path):
+    out = tmp_path / "sd"
+    result = CliRunner().invoke(main, ["shapes", "pretrain-sd", "--out", str(out), "--tiny-config", "no-such-config"])
+    assert result.exit_code == 2
+    assert "no-such-config" in result.output and "diclip-tiny-sd" in result.output  # names the shipped ones
+    assert not out.exists()
