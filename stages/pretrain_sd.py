@@ -88,17 +88,15 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
         overrides.update(vae_minutes=minutes * vae_share, unet_minutes=minutes * (1.0 - vae_share),
                          vae_steps=10**9, unet_steps=10**9)
     if tiny_config is not None:
-        from pipeline.models.diffusion import list_tiny_sd_configs
-
-        if tiny_config not in list_tiny_sd_configs():
-            raise click.BadParameter(f"unknown config {tiny_config!r}; shipped: {', '.join(list_tiny_sd_configs())}",
-                                     param_hint="--tiny-config")
         overrides["tiny_config"] = tiny_config
     if scenes is not None:
         overrides["n_scenes"] = scenes
     if single_scenes is not None:
         overrides["n_single_scenes"] = single_scenes
-    config = dataclasses.replace(SDPretrainConfig(), **overrides)
+    try:
+        config = dataclasses.replace(SDPretrainConfig(), **overrides)
+    except ValueError as err:  # SDPretrainConfig validates every value (the config name included) up front
+        raise click.UsageError(str(err)) from None
     record = train_sd(config, out, progress=True)
     record["command"] = _command_line()
     record["reproduce"] = shlex.join(["python", "-m", "stages.pretrain_sd", "--out", str(out), "--seed", str(seed),

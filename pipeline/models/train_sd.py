@@ -100,6 +100,7 @@ class SDPretrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
+        load_tiny_sd_config(self.tiny_config)  # an unknown name fails here (naming the shipped ones), before any rendering
         if self.n_scenes + self.n_single_scenes < 1:
             raise ValueError("n_scenes + n_single_scenes must be >= 1")
         if not self.caption_templates or any(t.count("{}") != 1 for t in self.caption_templates):
