@@ -365,7 +365,7 @@ def test_tiny_sd_attention_layout(tiny_sd):
         attn1, attn2 = modules[name], modules[name[: -len("attn1")] + "attn2"]
         assert not attn1.is_cross_attention
         assert attn2.is_cross_attention and attn2.to_k.in_features == text_width
-        assert attn1.heads * 8 == attn1.to_q.out_features  # 8 channels per head
+        assert attn1.heads * 4 == attn1.to_q.out_features  # 4 channels per head (the shipped config)
     assert len(unet.attn_processors) == 2 * len(self_attn)
 
 

@@ -11,10 +11,10 @@ Hub access is decided here, not by the libraries' import-time constants: offline
 hub id that is not cached while offline raises :class:`ModelUnavailableError` without calling
 diffusers at all.
 
-The tiny configuration (``tiny_configs/sd/diclip-tiny-sd.json``) mirrors SD 2.x's topology at toy
+The shipped tiny configuration (``tiny_configs/sd/diclip-tiny-sd-d4.json``) mirrors SD 2.x's topology at toy
 size: VAE 3 -> 4 latent channels, x4 downsampling (blocks 32/64/64, ~0.95M params); UNet with
 cross-attention down/up blocks over the first two levels, a plain bottom level and a cross-attention
-mid block, blocks 32/64/64, one layer per block, 8 channels per head, linear projections as in
+mid block, blocks 32/64/64, one layer per block, 4 channels per head, linear projections as in
 SD 2.x (~1.5M params); 7 self-attention (``attn1``) layers at latent 16x16 (3), 8x8 (3) and
 4x4 (1) for 64 px images, each paired with a cross-attention (``attn2``) on the text; CLIP text
 encoder width 64, 3 layers, 32 positions, CLIP's 49,408-token BPE (~3.3M params, 3.2M of them the
@@ -51,7 +51,7 @@ from .tokenizer import build_clip_tokenizer
 logger = logging.getLogger(__name__)
 
 TINY_SD_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "sd"
-DEFAULT_TINY_SD = "diclip-tiny-sd"
+DEFAULT_TINY_SD = "diclip-tiny-sd-d4"  # the shipped architecture; the other files are ablations
 #: params key users set to point at a local SD pipeline directory (quoted in error messages).
 SD_MODEL_PARAM = "models.sd.model"
 _PIPELINE_INDEX = "model_index.json"
