@@ -7,6 +7,7 @@ failure mode, replace the download or socket call with one that fails the test.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 import zipfile
@@ -39,6 +40,9 @@ from pipeline.models import (
 from pipeline.models import clip as clip_module
 from pipeline.models import diffusion as diffusion_module
 from pipeline.models import hub as hub_module
+from pipeline.models.diffusion import list_tiny_sd_configs
+
+SD_SECTIONS = ("vae", "unet", "text_encoder", "scheduler", "tokenizer")
 
 TINY_CLIP = "diclip-tiny-vit-p8-64"
 SENTENCES = [
@@ -384,7 +388,7 @@ def test_tiny_sd_text_to_image_runs(tiny_sd):
 
 def test_tiny_sd_config_is_validated():
     config = load_tiny_sd_config()
-    parts = {s: dict(getattr(config, s)) for s in ("vae", "unet", "text_encoder", "scheduler", "tokenizer")}
+    parts = {s: dict(getattr(config, s)) for s in SD_SECTIONS}
     with pytest.raises(ValueError, match="unknown unet keys.*'attn_heads'"):
         TinySDConfig(name="bad", **{**parts, "unet": {**parts["unet"], "attn_heads": 2}})
     with pytest.raises(ValueError, match="unknown text_encoder keys"):
@@ -439,3 +443,28 @@ def test_sd_hub_id_loads_from_cache_offline(tiny_sd, offline, tmp_path):
     _fake_hub_snapshot(cache, "diclip/tiny-sd", files_from=root / "pipeline")
     pipe = load_stable_diffusion("diclip/tiny-sd", device="cpu", cache_dir=cache)
     _assert_same_state(built.unet, pipe.unet)
+
+
+def test_tiny_sd_config_extends_a_base(tmp_path):
+    base = load_tiny_sd_config()
+    variant = tmp_path / "variant.json"
+    (tmp_path / "base.json").write_text(json.dumps({s: dict(getattr(base, s)) for s in SD_SECTIONS}))
+    variant.write_text(json.dumps({"extends": "base", "unet": {"attention_head_dim": [1, 2, 2]}}))
+    config = TinySDConfig.from_json(variant)
+    assert config.name == "variant" and config.unet["attention_head_dim"] == [1, 2, 2]
+    assert {**config.unet, "attention_head_dim": base.unet["attention_head_dim"]} == dict(base.unet)
+    assert all(getattr(config, s) == getattr(base, s) for s in SD_SECTIONS if s != "unet")
+    # every shipped ablation is the shipped config with only its heads changed
+    for name in list_tiny_sd_configs():
+        other = load_tiny_sd_config(name)
+        assert all(getattr(other, s) == getattr(base, s) for s in SD_SECTIONS if s != "unet"), name
+        assert {**other.unet, "attention_head_dim": base.unet["attention_head_dim"]} == dict(base.unet), name
+    variant.write_text(json.dumps({"extends": "missing"}))
+    with pytest.raises(ValueError, match=r"variant\.json: extends 'missing'.*missing\.json does not exist"):
+        TinySDConfig.from_json(variant)
+    variant.write_text(json.dumps({"extends": "variant"}))
+    with pytest.raises(ValueError, match="loops back"):
+        TinySDConfig.from_json(variant)
+    variant.write_text(json.dumps({"extends": "base", "unte": {}}))
+    with pytest.raises(ValueError, match=r"unknown sections \['unte'\]"):
+        TinySDConfig.from_json(variant)

@@ -111,13 +111,36 @@ class TinySDConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> TinySDConfig:
-        """Read a config file (sections ``vae``, ``unet``, ``text_encoder``, ``scheduler``, ``tokenizer``)."""
+        """Read a config file (sections ``vae``, ``unet``, ``text_encoder``, ``scheduler``, ``tokenizer``).
+
+        A variant names another config in the same directory with ``"extends"`` and gives only the
+        keys it changes, per section: an ablation stays one line away from its base, and a change
+        to the base reaches every variant.
+        """
         path = Path(path)
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        sections = {"vae", "unet", "text_encoder", "scheduler", "tokenizer"}
+        return cls(name=path.stem, **_config_sections(path, seen=()))
+
+
+def _config_sections(path: Path, *, seen: tuple[Path, ...]) -> dict[str, dict[str, Any]]:
+    """The five sections of a config file, with an ``extends`` chain resolved (keys overridden per section)."""
+    if path in seen:
+        raise ValueError(f"{path}: 'extends' loops back through {[p.stem for p in seen]}")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    base_name = raw.pop("extends", None)
+    sections = {"vae", "unet", "text_encoder", "scheduler", "tokenizer"}
+    if base_name is None:
         if set(raw) != sections:
             raise ValueError(f"{path}: expected sections {sorted(sections)}, got {sorted(raw)}")
-        return cls(name=path.stem, **raw)
+        return raw
+    if not set(raw) <= sections:
+        raise ValueError(f"{path}: unknown sections {sorted(set(raw) - sections)}; expected some of {sorted(sections)}")
+    base_path = path.parent / f"{base_name}.json"
+    if not base_path.is_file():
+        raise ValueError(f"{path}: extends {base_name!r}, but {base_path} does not exist")
+    merged = _config_sections(base_path, seen=(*seen, path))
+    for section, overrides in raw.items():
+        merged[section] = {**merged[section], **overrides}
+    return merged
 
 
 def list_tiny_sd_configs() -> list[str]:
