@@ -39,6 +39,8 @@ SD21_BASE_UNET = dict(
     act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
     use_linear_projection=True, upcast_attention=False,
 )
+# stabilityai/stable-diffusion-2-1-base vae/config.json: the key that sets the downsampling (x8)
+SD21_BASE_VAE = dict(block_out_channels=[128, 256, 512, 512])
 CLUSTER_GRID, ATTENTION_GRID, TIMESTEP = 64, 20, 300
 
 
@@ -58,6 +60,8 @@ def _setup(precision: str, size: int):
     import torch
     from diffusers import UNet2DConditionModel
 
+    from pipeline.diffusion.capture import vae_factor_from_config
+
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build directly in the target dtype: no fp32 copy of the weights
@@ -68,7 +72,8 @@ def _setup(precision: str, size: int):
     finally:
         torch.set_default_dtype(default)
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, size // 8, size // 8, generator=g)
+    latent = size // vae_factor_from_config(SD21_BASE_VAE)
+    latents = torch.randn(1, 4, latent, latent, generator=g)
     text = torch.randn(1, 77, 1024, generator=g)
     return unet, latents, text
 
@@ -165,27 +170,30 @@ def worker(mode: str, precision: str, size: int, repeats: int, threads: int) -> 
 def _acr_and_bytes(agg, small) -> dict:
     import numpy as np
 
-    from pipeline.diffusion.acr import acr, pad_soft
-    from pipeline.diffusion.config import DiffusionAttentionParams
-    from pipeline.diffusion.stage import Geometry, array_specs
-    from pipeline.store.image_store import ImageStore
+    from pipeline.diffusion.acr import ACRConfig, acr, pad_soft
+    from pipeline.store.image_store import ArraySpec, ImageStore
 
-    cfg = DiffusionAttentionParams(attention_grid=ATTENTION_GRID)
+    config = ACRConfig()  # the diffusion_attention defaults
     t = time.perf_counter()
     _reset_peak()
     base = _rss_gb("VmRSS")
-    r = acr(agg.numpy(), CLUSTER_GRID, anchor_grid=cfg.anchor_grid, merge_kl=cfg.merge_kl, merge_rounds=cfg.merge_rounds,
-            max_clusters=cfg.max_clusters, kmeans_iters=cfg.kmeans_iters)
+    r = acr(agg.numpy(), CLUSTER_GRID, config)
     acr_s = time.perf_counter() - t
     acr_peak = _rss_gb("VmHWM") - base
-    values = {"soft": pad_soft(r.soft, cfg.max_clusters).astype(np.float16), "hard": r.hard.astype(np.uint8),
+    values = {"soft": pad_soft(r.soft, config.max_clusters).astype(np.float16), "hard": r.hard.astype(np.uint8),
               "k": np.int32(r.k), "attention": small.numpy().astype(np.float16)}
-    specs = array_specs(cfg, Geometry(512, 64, CLUSTER_GRID, ATTENTION_GRID))
+    # the stage's layout (stages/diffusion_attention.py): soft, hard, k, attention per image
+    G, g = CLUSTER_GRID, ATTENTION_GRID
+    specs = (ArraySpec("soft", (config.max_clusters, G, G), "float16"), ArraySpec("hard", (G, G), "uint8"),
+             ArraySpec("k", (), "int32"), ArraySpec("attention", (g * g, g * g), "float16"))
     n = 4
     with tempfile.TemporaryDirectory() as tmp:
         store = ImageStore.create_or_resume(Path(tmp) / "d.zarr", ids=[f"i{i}" for i in range(n)], specs=specs,
-                                            attrs={"stage": "bench", "params_hash": "-"}, shard_images=n)
-        store.write_block(range(n), {k: np.stack([v] * n) for k, v in values.items()}, np.ones(n))
+                                            key="bench", attrs={"stage": "bench"}, shard_images=n)
+        for i in range(n):
+            store.stage_image(i, values, bytes(32))
+        for block in store.blocks():
+            store.pack_block(block)
         arrays = sum(p.stat().st_size for s in specs for p in (Path(tmp) / "d.zarr" / s.name).rglob("*") if p.is_file())
     raw = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in specs)
     return {"acr_s": acr_s, "acr_peak_above_gb": round(acr_peak, 3), "acr_k": r.k,

@@ -1,5 +1,7 @@
 """Evaluation metrics shared by every stage: confusion-matrix mIoU, cluster best-match IoU, AUC.
 
+Also the nearest-neighbour label upsampling that brings a cluster or label map to a mask's size.
+
 Pure numpy functions on label maps; no files. Conventions follow the WSSS literature: mIoU is over
 all classes including background, and label 255 is ignored.
 """
@@ -70,6 +72,24 @@ def best_match_iou(clusters: np.ndarray, mask: np.ndarray) -> float:
             best = max(best, float((cl & obj).sum() / (cl | obj).sum()))
         scores.append(best)
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) label map -> (H, W) by nearest neighbour: each output pixel's centre mapped onto the grid.
+
+    Output row i reads input row ``min(floor((i + 0.5) * h / H), h - 1)`` (columns alike), for any
+    sizes (not only multiples; also shrinking). Dtype kept.
+    """
+    labels = np.asarray(labels)
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(int), labels.shape[1] - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def cluster_map_iou(clusters: np.ndarray, mask: np.ndarray) -> float:
+    """:func:`best_match_iou` of a (h, w) cluster map brought to the mask's size by :func:`upsample_labels`."""
+    mask = np.asarray(mask)
+    return best_match_iou(upsample_labels(clusters, mask.shape), mask)
 
 
 def presence_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,7 +1,10 @@
-"""Provenance stamps: which code and which params produced an artifact.
+"""Provenance stamps: which inputs produced an artifact, and nothing else.
 
-Every artifact records these so a reader can refuse a store written by other params (a resumed run
-must never mix outputs of two configurations) and a person can tell what made a file.
+A stamp is a pure function of the stage's inputs: its name, the params it reads, the digest of the
+code files it imports (`pipeline.codegraph`), and the fingerprints of the artifacts it reads. It never
+holds the git commit or a clock, so an unchanged stage gives byte-identical outputs on any commit,
+teammates' pulled outputs match, and DVC's run-cache can be shared. A reader refuses a store whose
+stamp differs from what it expects, and a resumed run never mixes two configurations.
 """
 
 from __future__ import annotations
@@ -9,38 +12,61 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from pipeline import __version__
+from pipeline import codegraph
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def digest(data: Any, n: int = 16) -> str:
+    """A stable hex digest of plain data (mappings, lists, strings, numbers)."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 def params_hash(section: Any) -> str:
-    """A stable hex digest of a params section (a mapping or dataclass already turned into plain data)."""
-    blob = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """A stable hex digest of params already turned into plain data."""
+    return digest(section)
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(*modules: str) -> str:
+    """sha256 over the source of every repo file the given files import (paths relative to the repo)."""
+    h = hashlib.sha256()
+    for path in codegraph.closure(*modules):
+        h.update(path.relative_to(codegraph.REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stamp(stage: str, params: Mapping[str, Any], *, code: str, inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The attributes every artifact carries; `fingerprint` identifies the artifact's content for readers.
+
+    `params` maps dotted params keys to their resolved values, `code` is the stage's code digest and
+    `inputs` maps each input artifact to its fingerprint.
+    """
+    body = {"stage": stage, "params_hash": params_hash(params), "code_digest": code, "inputs": dict(sorted((inputs or {}).items()))}
+    return {**body, "fingerprint": digest(body)}
+
+
+def repo_path(*parts: str) -> Path:
+    """A path inside the repository, independent of the working directory."""
+    return codegraph.REPO_ROOT.joinpath(*parts)
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version plus the git commit of the checkout (with '+dirty' when it has local edits)."""
+    """Package version plus the checkout's git commit ('.dirty' with local edits): for logs and the
+    tiny models' manifests only, never for pipeline artifacts (see the module docstring)."""
+    import subprocess
+
+    from pipeline import __version__
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
+        git = ["git", "-C", str(codegraph.REPO_ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
-
-
-def stamp(stage: str, section: Any) -> dict[str, str]:
-    """The attributes every artifact carries: stage name, params hash, code version."""
-    return {"stage": stage, "params_hash": params_hash(section), "code_version": code_version()}

@@ -1,47 +1,62 @@
-"""Map a per-image function over a dataset split with dask, into a resumable ImageStore.
+"""Map a per-image function over the images of an ImageStore with dask, resumably.
 
 A stage hands the runner an `ImageTask`: a small picklable object whose `build()` makes the
-per-image function (loading models once per worker process, not once per image). The runner sends
-one store block per dask task, so each zarr shard has exactly one writer, skips the blocks and
-images already done, and shows a progress bar. Failures of single images are collected, not fatal:
-every other image is still written, and the run ends with one error that lists the failed ids; a
-rerun computes only what is missing.
+per-image function on a worker (models load once per worker process, not once per image) and whose
+`input_digest(id)` names what an image's result depends on beyond the store's key. Each image is one
+dask task: the worker computes it and stages it durably; the driver packs a block into the store's
+shards once all its images are staged, so each shard has exactly one writer. Progress is per image,
+with rate and ETA. Failures of single images are collected, not fatal: every other image is written,
+and the run ends with one error listing the failed ids; a rerun computes only what is missing, and
+recomputes a finished image whose input digest changed.
 
 Cluster: `runner.scheduler_address` (or $DASK_SCHEDULER_ADDRESS) joins an existing cluster whose
 workers see the same filesystem path; otherwise a LocalCluster of worker processes is started, one
 torch thread each. `runner.in_process` runs everything here, without dask.
+
+Testing hook: with DICLIP_KILL_AFTER_IMAGES=N in the environment the driver kills its own process
+group with SIGKILL once N images are staged: a deterministic `kill -9` at a known point.
 """
 
 from __future__ import annotations
 
+from pipeline.errors import UserError
 import hashlib
+import itertools
 import logging
 import os
 import pickle
+import signal
+import sys
+import time
 import traceback
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.params import RunnerParams
-from pipeline.store.image_store import ImageStore
+from pipeline.store.image_store import ImageStore, Staging, pad_digest
 
 log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str], Mapping[str, np.ndarray]]
+KILL_AFTER_ENV = "DICLIP_KILL_AFTER_IMAGES"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ImageTask(Protocol):
-    """What a stage gives the runner: picklable, and builds the per-image function on the worker."""
+    """What a stage gives the runner: picklable; builds the per-image function on the worker."""
 
     def build(self) -> ImageFn: ...
 
+    def input_digest(self, image_id: str) -> bytes: ...
 
-class ImageFailures(RuntimeError):
+
+class ImageFailures(UserError, RuntimeError):
     """Some images failed; every other image was written, and a rerun retries only these."""
 
     def __init__(self, store_path: Path, failures: Mapping[str, str]) -> None:
@@ -57,11 +72,12 @@ class ImageFailures(RuntimeError):
 
 @dataclass(frozen=True)
 class RunReport:
-    """What one run did: images computed now, images found already done, and failures by id."""
+    """What one run did: images computed now, images reused from before, and failures by id."""
 
     computed: int
-    already_done: int
+    reused: int
     failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class Runner:
@@ -82,48 +98,93 @@ class Runner:
         self._stack.close()
         self._client = None
 
+    # ------------------------------------------------------------------ per-image stores
     def run(self, task: ImageTask, store: ImageStore, *, desc: str = "images") -> RunReport:
-        """Compute every image of `store` not yet done, block by block; see the module docstring."""
-        done = store.done()
-        pending = [b for b in store.blocks() if not done[b.start:b.stop].all()]
-        already = int(done.sum())
-        n_pending = sum(len(b) - int(done[b.start:b.stop].sum()) for b in pending)
-        log.info("%s: %d images to compute, %d already done", store.path, n_pending, already)
+        """Compute every image of `store` that is not durably done with unchanged inputs; see the module docstring."""
+        start = time.perf_counter()
+        ids = store.ids()
+        _forget_changed(task, store, ids)
+        for block in store.blocks():  # images staged before a kill, in blocks now whole
+            if not _remaining(store, block):
+                store.pack_block(block)
+        done, staged = store.done(), store.staged_indices()
+        pending = [i for i in range(len(ids)) if not done[i] and i not in staged]
+        reused = len(ids) - len(pending)
+        log.info("%s: %d images to compute, %d reused", store.path, len(pending), reused)
+        remaining = {b.start: len(_remaining(store, b)) for b in store.blocks()}
+        block_of = {i: b for b in store.blocks() for i in b}
         failures: dict[str, str] = {}
-        computed = 0
-        with tqdm(total=n_pending, desc=desc, unit="img", disable=n_pending == 0) as bar:
-            for block, (block_failures, block_computed) in self._execute(task, store, pending):
-                failures.update(block_failures)
-                computed += block_computed
-                bar.update(len(block) - int(done[block.start:block.stop].sum()))
-        report = RunReport(computed=computed, already_done=already, failures=failures)
+        kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        with tqdm(total=len(pending), desc=desc, unit="img", disable=not pending, dynamic_ncols=True) as bar:
+            for n, (index, error) in enumerate(self._execute(task, store.staging(), ids, pending), start=1):
+                if error is not None:
+                    failures[ids[index]] = error
+                block = block_of[index]
+                remaining[block.start] -= 1
+                if remaining[block.start] == 0:
+                    store.pack_block(block)
+                bar.update(1)
+                if kill_after and n >= kill_after:
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+        report = RunReport(computed=len(pending) - len(failures), reused=reused, failures=failures,
+                           seconds=time.perf_counter() - start)
         if failures:
             raise ImageFailures(store.path, failures)
         return report
 
-    def _execute(self, task: ImageTask, store: ImageStore, blocks: list[range]) -> Iterator[tuple[range, tuple[dict[str, str], int]]]:
-        """Yield (block, block result) as blocks finish, in this process or on the dask cluster."""
-        if not blocks:
+    def _execute(self, task: ImageTask, staging: "Staging", ids: list[str], pending: list[int]) -> Iterator[tuple[int, str | None]]:
+        """Yield (row, error or None) as images finish, in this process or on the dask cluster."""
+        if not pending:
             return
         threads = self.params.torch_threads
         if self.params.in_process:
             _set_torch_threads(threads)
-            for block in blocks:
-                yield block, process_block(str(store.path), block.start, block.stop, task, threads)
+            for i in pending:
+                yield compute_image(staging, i, ids[i], task, threads)
             return
         from dask.distributed import as_completed
 
         client = self.client()
         token = _token(task)
-        futures = {
-            client.submit(
-                process_block, str(store.path), b.start, b.stop, task, threads,
-                key=f"block-{store.path.name}-{b.start}-{token}", pure=False,
-            ): b
-            for b in blocks
-        }
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        [task_ref] = client.scatter([task], broadcast=True, hash=False)
+        todo = iter(pending)
+
+        def submit(i: int):
+            return client.submit(compute_image, staging, i, ids[i], task_ref, threads, key=f"image-{token}-{i}", pure=False)
+
+        # a bounded window of images in flight: memory stays flat, and a kill loses only that many
+        window = max(2, 2 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
+        running = as_completed([submit(i) for i in itertools.islice(todo, window)])
+        for future in running:
+            yield future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                running.add(submit(nxt))
+
+    # ------------------------------------------------------------------ whole-run work
+    def map(self, fn: Callable[[T], R], items: Sequence[T], *, desc: str = "items", unit: str = "it",
+            weights: Sequence[int] | None = None) -> list[R]:
+        """`[fn(x) for x in items]` on the workers (or here), results in item order, with a progress bar.
+
+        `weights` (e.g. images per item) drive the bar, so it counts images, not items.
+        """
+        weights = list(weights) if weights is not None else [1] * len(items)
+        results: list[Any] = [None] * len(items)
+        with tqdm(total=sum(weights), desc=desc, unit=unit, disable=not items, dynamic_ncols=True) as bar:
+            if self.params.in_process:
+                for i, item in enumerate(items):
+                    results[i] = fn(item)
+                    bar.update(weights[i])
+                return results
+            from dask.distributed import as_completed
+
+            client = self.client()
+            futures = {client.submit(fn, item, pure=False): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                bar.update(weights[i])
+        return results
 
     def client(self):
         """The dask Client: the configured scheduler, or a LocalCluster of processes started here."""
@@ -132,17 +193,15 @@ class Runner:
         return self._client
 
 
-def run_per_image(task: ImageTask, store: ImageStore, params: RunnerParams, *, desc: str = "images") -> RunReport:
-    """One-off run of `task` into `store` (starts and stops its own cluster when needed)."""
-    with Runner(params) as runner:
-        return runner.run(task, store, desc=desc)
-
-
 @contextmanager
 def dask_client(params: RunnerParams):
     """A dask Client on the configured scheduler, or on a LocalCluster of processes started here."""
     from dask.distributed import Client, LocalCluster
 
+    # distributed configures its loggers when first imported: keep them at WARNING unless we debug
+    verbose = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     address = params.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         log.info("connecting to dask scheduler at %s", address)
@@ -152,20 +211,42 @@ def dask_client(params: RunnerParams):
     threads = str(params.torch_threads)
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     with LocalCluster(
-        n_workers=params.n_workers,
-        threads_per_worker=params.threads_per_worker,
-        processes=True,
-        memory_limit=params.memory_limit,
-        dashboard_address=None,
-        env=env,
-        silence_logs=logging.WARNING,
+        n_workers=params.n_workers, threads_per_worker=params.threads_per_worker, processes=True,
+        memory_limit=params.memory_limit, host="127.0.0.1", dashboard_address=None, env=env,
+        # no dashboard; the scheduler's health endpoint takes any free loopback port, so a second
+        # cluster on the machine is not greeted with "Port 8787 is already in use"
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.INFO if verbose else logging.WARNING,
     ) as cluster, Client(cluster) as client:
         log.info("started a LocalCluster with %d worker processes", params.n_workers)
         yield client
 
 
+def run_per_image(task: ImageTask, store: ImageStore, params: RunnerParams, *, desc: str = "images") -> RunReport:
+    """One-off run of `task` into `store` (starts and stops its own cluster when needed)."""
+    with Runner(params) as runner:
+        return runner.run(task, store, desc=desc)
+
+
+def _forget_changed(task: ImageTask, store: ImageStore, ids: list[str]) -> None:
+    """Rows (done or staged) whose input digest differs from the task's now are recomputed, not reused."""
+    done, stored = store.done(), store.input_digests()
+    changed = [i for i in np.flatnonzero(done) if bytes(stored[i]) != pad_digest(task.input_digest(ids[i]))]
+    for i in store.staged_indices():
+        staged = store.load_staged(i)
+        if staged is None or staged[1] != pad_digest(task.input_digest(ids[i])):
+            store.drop_staged(i)
+    if changed:
+        log.info("%s: %d images changed since they were computed; recomputing them", store.path, len(changed))
+    store.forget(changed)
+
+
+def _remaining(store: ImageStore, block: range) -> list[int]:
+    done, staged = store.done(), store.staged_indices()
+    return [i for i in block if not done[i] and i not in staged]
+
+
 # Per-worker-process cache of built image functions, keyed by the task's pickle digest: models
-# are loaded once per worker, not once per block.
+# are loaded once per worker, not once per image.
 _BUILT: dict[str, ImageFn] = {}
 
 
@@ -173,67 +254,34 @@ def _token(task: ImageTask) -> str:
     return hashlib.sha256(pickle.dumps(task)).hexdigest()[:16]
 
 
-def _built(task: ImageTask) -> ImageFn:
+def _built(task: ImageTask, torch_threads: int) -> ImageFn:
     key = _token(task)
     if key not in _BUILT:
         _BUILT[key] = task.build()
+        _set_torch_threads(torch_threads)  # build() may have loaded torch
     return _BUILT[key]
 
 
 def _set_torch_threads(n: int) -> None:
-    try:
-        import torch
-    except ImportError:  # stages that need no torch do not pay for importing it
-        return
-    if torch.get_num_threads() != n:
+    """Limit torch's threads if torch is loaded (stages that need no torch never pay for importing it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
 
-def process_block(store_path: str, start: int, stop: int, task: ImageTask, torch_threads: int) -> tuple[dict[str, str], int]:
-    """Compute the missing images of one block and write the block; runs on a worker.
-
-    Returns (failures by image id, number of images computed now).
-    """
+def compute_image(staging: "Staging", index: int, image_id: str, task: ImageTask, torch_threads: int) -> tuple[int, str | None]:
+    """Compute one image and stage it durably; runs on a worker. Returns (row, error message or None)."""
     _set_torch_threads(torch_threads)
-    store = ImageStore(Path(store_path), _open_rw(store_path))
-    block = range(start, stop)
-    done = store.done()[start:stop]
-    values = store.read_block(block) if done.any() else store.empty_block(block)
-    ids = store.group["image_id"][start:stop]
-    fn = _built(task)
-    failures: dict[str, str] = {}
-    computed = 0
-    stage_each = len(block) > 1  # a one-image block is written directly, nothing to stage
-    for offset, index in enumerate(block):
-        if done[offset]:
-            continue
-        image_id = str(ids[offset])
-        result = store.load_staged(index) if stage_each else None
-        if result is None:
-            try:
-                out = fn(image_id)
-                result = {s.name: s.check(image_id, out[s.name]) for s in store.specs}
-            except Exception as err:  # one bad image must not lose the rest of the block
-                failures[image_id] = _describe(err)
-                log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
-                continue
-            computed += 1
-            if stage_each:
-                store.stage_image(index, result)
-        for name, value in result.items():
-            values[name][offset] = value
-        done[offset] = True
-    store.write_block(block, values, done)
-    store.clear_staged(block)
-    return failures, computed
+    try:
+        digest = task.input_digest(image_id)
+        values = staging.check(image_id, _built(task, torch_threads)(image_id))
+    except Exception as err:  # one bad image must not stop the others
+        log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
+        return index, _describe(err)
+    staging.stage(index, image_id, values, digest)
+    return index, None
 
 
 def _describe(err: Exception) -> str:
     text = str(err) or type(err).__name__
     return text if isinstance(err, (ValueError, KeyError, FileNotFoundError)) else f"{type(err).__name__}: {text}"
-
-
-def _open_rw(path: str):
-    import zarr
-
-    return zarr.open_group(path, mode="r+")

@@ -14,7 +14,7 @@ from stages.shapes import shapes_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", count=True, help="More logging (-v: debug).")
+@click.option("-v", "--verbose", count=True, help="More logging: debug messages, and dask's own logs at INFO.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 @click.version_option(package_name="diclip")
 def main(verbose: int, quiet: bool) -> None:

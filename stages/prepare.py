@@ -1,32 +1,108 @@
-"""Stage `prepare`: validate the dataset and write the index every later stage reads."""
+"""Stage `prepare`: validate every image of the train and eval splits and write the dataset index that
+every later stage reads (layout: pipeline.store.dataset_index)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from stages.common import friendly_errors, params_option
+from pipeline import artifacts
+from pipeline.skeleton import StageContext, StageSpec, run_stage
+from stages.common import artifact_options
+
+log = logging.getLogger(__name__)
+
+SPEC = StageSpec(name="prepare", module=__name__, params=("dataset", "prepare"), outputs=(artifacts.INDEX,))
+
+
+def record_specs(num_classes: int):
+    """The arrays stored per image: multi-hot labels, (height, width), sha256 of the image and mask files."""
+    from pipeline.store.image_store import ArraySpec
+
+    return (ArraySpec("labels", (num_classes,), "uint8"), ArraySpec("size", (2,), "int32"),
+            ArraySpec("digest", (32,), "uint8"))
+
+
+@dataclass(frozen=True)
+class ValidateTask:
+    """Runner task: open the split once per worker, then validate images by id."""
+
+    kind: str
+    root: str
+    split: str
+    class_names_file: str | None = None
+
+    def _dataset(self):
+        from pipeline.data.datasets import open_dataset
+
+        return open_dataset(self.kind, self.root, self.split, class_names_file=self.class_names_file)
+
+    def build(self):
+        from pipeline.data.indexing import record_arrays
+
+        dataset = self._dataset()
+        return lambda image_id: record_arrays(dataset.validate(image_id))
+
+    def input_digest(self, image_id: str) -> bytes:
+        return self._dataset().digest(image_id)
+
+
+def body(ctx: StageContext) -> dict[str, int]:
+    """Validate and index the train and eval splits; returns accepted images per split."""
+    from pipeline.data.datasets import open_dataset
+    from pipeline.runner import ImageFailures
+    from pipeline.store import dataset_index
+
+    ds, cfg, out = ctx.params.dataset, ctx.params.prepare, ctx.path(artifacts.INDEX)
+    splits = list(dict.fromkeys([ds.train_split, ds.eval_split]))
+    # Open every split first: a missing split list or folder fails before any work starts.
+    datasets = {s: open_dataset(ds.kind, ds.root, s, class_names_file=ds.class_names_file) for s in splits}
+    class_names = next(iter(datasets.values())).class_names
+    stamp = ctx.stamp()
+    dataset_index.begin(out)
+    accepted: dict[str, list[str]] = {}
+    digests, rejected = {}, {}
+    for split, dataset in datasets.items():
+        store, report = ctx.images(
+            ValidateTask(ds.kind, str(ds.root), split, ds.class_names_file), dataset_index.records_path(out, split),
+            ids=dataset.ids, specs=record_specs(dataset.num_classes), key=stamp["fingerprint"],
+            attrs={**stamp, "split": split}, shard_images=cfg.shard_images, desc=f"prepare {split}",
+            allow_failures=cfg.on_error == "skip",
+        )
+        if report.failures:
+            log.warning("%s: leaving out %d bad images (prepare.on_error=skip)", split, len(report.failures))
+            rejected[split] = report.failures
+        done = store.done()
+        accepted[split] = [i for i, ok in zip(store.ids(), done) if ok]
+        digests[split] = (accepted[split], store.read("digest")[done])
+        if not accepted[split]:
+            raise ImageFailures(store.path, rejected.get(split, {}))
+    meta = {
+        "provenance": stamp, "dataset_kind": ds.kind, "dataset_root": str(ds.root),
+        "class_names_file": ds.class_names_file, "class_names": list(class_names),
+        "splits": {s: len(ids) for s, ids in accepted.items()}, "train_split": ds.train_split,
+        "eval_split": ds.eval_split, "rejected": {s: len(r) for s, r in rejected.items()},
+        "fingerprint": dataset_index.fingerprint(class_names, digests),
+    }
+    dataset_index.write_index(out, meta=meta, split_ids=accepted, rejected=rejected)
+    return {s: len(ids) for s, ids in accepted.items()}
 
 
 @click.command("prepare")
-@params_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="artifacts/index", show_default=True,
-              help="Index folder to write (index.json, <split>.txt, records/<split>.zarr).")
-@friendly_errors
-def prepare_command(params_path: Path, out: Path) -> None:
+@artifact_options(SPEC)
+def prepare_command(params_path: Path, paths: dict[str, Path]) -> None:
     """Validate every image of the train and eval splits and index them.
 
     Reads params sections `dataset`, `prepare` and `runner`. Each image is fully decoded and its
     mask checked (values within the class range or 255, same size as the image); image-level
     labels are the classes present in the mask. Bad images fail the stage with one message that
     lists them (or, with prepare.on_error=skip, are left out and listed in rejected.json).
-    Resumable: a rerun after a kill validates only the images not yet recorded.
+    Resumable: a rerun after a kill validates only the images not yet recorded, and re-checks the
+    file digests of recorded ones (a changed image or mask is validated again).
     """
-    from pipeline.data.prepare import prepare_index
-    from pipeline.params import load_params
-
-    params = load_params(params_path)
-    summary = prepare_index(params, out)
-    for split, count in summary.items():
+    counts, _ = run_stage(SPEC, body, params_path=params_path, paths=paths)
+    for split, count in counts.items():
         click.echo(f"{split}: {count} images indexed")

@@ -13,11 +13,10 @@ from stages.common import friendly_errors
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT = "pipeline/models/weights/diclip-tiny-clip"
-
 
 @click.command("pretrain-clip")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="pipeline/models/weights/diclip-tiny-clip of the installed package",
               help="Weights folder to write (open_clip_model.safetensors + manifest.json).")
 @click.option("--model", "model_name", default="diclip-tiny-vit-p8-64", show_default=True,
               help="open_clip architecture to train (a registered tiny config).")
@@ -42,7 +41,7 @@ DEFAULT_OUT = "pipeline/models/weights/diclip-tiny-clip"
               help="With --eval-only: also write the metrics as JSON to this file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @friendly_errors
-def pretrain_clip_command(out: Path, model_name: str, seed: int, world_seed: int, steps: int | None,
+def pretrain_clip_command(out: Path | None, model_name: str, seed: int, world_seed: int, steps: int | None,
                           minutes: float | None, num_images: int | None, batch_size: int | None, threads: int,
                           n_tune: int | None, n_test: int | None, eval_only: Path | None, metrics_out: Path | None,
                           progress: bool) -> None:
@@ -61,8 +60,10 @@ def pretrain_clip_command(out: Path, model_name: str, seed: int, world_seed: int
 
     import torch
 
-    from pipeline.models.train_clip import ClipPretrainConfig, train_clip
+    from pipeline.models import TINY_CLIP_DIR
+    from pipeline.tiny.train_clip import ClipPretrainConfig, train_clip
 
+    given_out, out = out, TINY_CLIP_DIR if out is None else out
     sizes = {k: v for k, v in {"n_tune": n_tune, "n_test": n_test}.items() if v is not None}
     if eval_only is not None:
         _evaluate_only(eval_only, model_name, world_seed, sizes, threads, metrics_out, progress)
@@ -73,7 +74,7 @@ def pretrain_clip_command(out: Path, model_name: str, seed: int, world_seed: int
     config = ClipPretrainConfig(model_name=model_name, seed=seed, world_seed=world_seed, threads=threads,
                                 **{k: v for k, v in overrides.items() if v is not None})
     config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, world_seed=world_seed, **sizes))
-    command = _command_line(out=out, model=model_name, seed=seed, world_seed=world_seed, steps=steps,
+    command = _command_line(out=given_out, model=model_name, seed=seed, world_seed=world_seed, steps=steps,
                             minutes=minutes, num_images=num_images, batch_size=batch_size, threads=threads,
                             n_tune=n_tune, n_test=n_test)
     logger.info("training %s for %s on %d thread(s) (torch %s)", model_name,
@@ -89,8 +90,9 @@ def _evaluate_only(path: Path, model_name: str, world_seed: int, sizes: dict[str
     import torch
 
     from pipeline.models import load_clip
-    from pipeline.models.eval_clip import ClipEvalConfig, evaluate_clip
-    from pipeline.models.train_clip import CHECKPOINT_NAME, MANIFEST_NAME
+    from pipeline.tiny.eval_clip import ClipEvalConfig, evaluate_clip
+    from pipeline.tiny.manifest import MANIFEST_NAME
+    from pipeline.tiny.train_clip import CHECKPOINT_NAME
 
     checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
     manifest = checkpoint.parent / MANIFEST_NAME
@@ -116,7 +118,7 @@ def _evaluate_only(path: Path, model_name: str, world_seed: int, sizes: dict[str
 
 
 def _command_line(**options) -> str:
-    """The canonical command reproducing a run, whichever entry point started it."""
+    """The canonical command reproducing a run, whichever entry point started it (options left at None omitted)."""
     parts = ["diclip", "shapes", "pretrain-clip"]
     for name, value in options.items():
         if value is not None:

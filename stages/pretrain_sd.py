@@ -15,14 +15,12 @@ from pathlib import Path
 
 import click
 
-DEFAULT_OUT = Path("pipeline/models/weights/diclip-tiny-sd")
-DEFAULT_CLIP_DIR = Path("pipeline/models/weights/diclip-tiny-clip")
-
 logger = logging.getLogger(__name__)
 
 
 @click.command("pretrain-sd")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="pipeline/models/weights/diclip-tiny-sd of the installed package",
               help="Pipeline directory to write (save_pretrained layout + manifest.json); replaced if it is one.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and noise.")
 @click.option("--vae-steps", type=int, default=None, help="VAE steps (default: SDPretrainConfig.vae_steps).")
@@ -42,13 +40,14 @@ logger = logging.getLogger(__name__)
 @click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate after training.")
 @click.option("--eval-scenes", type=int, default=100, show_default=True, help="Held-out scenes for the attention metric.")
 @click.option("--samples-per-class", type=int, default=16, show_default=True, help="Samples per class for the CLIP metric.")
-@click.option("--clip-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CLIP_DIR, show_default=True,
+@click.option("--clip-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="pipeline/models/weights/diclip-tiny-clip of the installed package",
               help="Shipped tiny CLIP (manifest.json + checkpoint) that classifies the samples.")
 @click.option("--clip-wait", type=float, default=0.0, show_default=True,
               help="Minutes to wait for --clip-dir to appear before skipping the sample metric.")
-def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, vae_share: float, scenes, single_scenes,
+def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minutes, vae_share: float, scenes, single_scenes,
                         tiny_config, threads: int, eval_only, do_eval: bool, eval_scenes: int, samples_per_class: int,
-                        clip_dir: Path, clip_wait: float) -> None:
+                        clip_dir: Path | None, clip_wait: float) -> None:
     """Train the tiny Stable Diffusion on shapes-world scenes and write a diffusers pipeline directory.
 
     The VAE is trained first (L1 + L2 + small KL on random crops), its latent scaling factor set to
@@ -66,12 +65,16 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
     """
     import torch
 
-    from pipeline.models.train_sd import SDPretrainConfig, read_manifest, train_sd, write_manifest
+    from pipeline.models import TINY_CLIP_DIR, TINY_SD_DIR
+    from pipeline.tiny.manifest import manifest_path, read_manifest, write_manifest
+    from pipeline.tiny.train_sd import SDPretrainConfig, train_sd
 
+    given_out, out = out, TINY_SD_DIR if out is None else out
+    clip_dir = TINY_CLIP_DIR if clip_dir is None else clip_dir
     torch.set_num_threads(threads)
     logging.getLogger("pipeline").setLevel(logging.INFO)
     if eval_only is not None:
-        record = read_manifest(eval_only) if (eval_only / "manifest.json").is_file() else {}
+        record = read_manifest(eval_only) if manifest_path(eval_only).is_file() else {}
         record["metrics"] = _evaluate(eval_only, eval_scenes, samples_per_class, clip_dir, clip_wait)
         write_manifest(eval_only, record)
         click.echo(json.dumps(record["metrics"]["summary"], indent=1))
@@ -99,10 +102,11 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
         raise click.UsageError(str(err)) from None
     record = train_sd(config, out, progress=True)
     record["command"] = _command_line()
-    record["reproduce"] = shlex.join(["python", "-m", "stages.pretrain_sd", "--out", str(out), "--seed", str(seed),
-                                      "--tiny-config", config.tiny_config,
-                                      "--vae-steps", str(record["vae"]["steps"]),
-                                      "--unet-steps", str(record["unet"]["steps"])]
+    record["reproduce"] = shlex.join(["python", "-m", "stages.pretrain_sd"]  # no --out: the shipped directory
+                                     + (["--out", str(given_out)] if given_out is not None else [])
+                                     + ["--seed", str(seed), "--tiny-config", config.tiny_config,
+                                        "--vae-steps", str(record["vae"]["steps"]),
+                                        "--unet-steps", str(record["unet"]["steps"])]
                                      + (["--scenes", str(scenes)] if scenes is not None else [])
                                      + (["--single-scenes", str(single_scenes)] if single_scenes is not None else []))
     record["torch_threads"] = threads
@@ -117,16 +121,17 @@ def pretrain_sd_command(out: Path, seed: int, vae_steps, unet_steps, minutes, va
 
 def _evaluate(path: Path, eval_scenes: int, samples_per_class: int, clip_dir: Path, clip_wait: float) -> dict:
     """Reload the pipeline from ``path`` (as every user will) and run the evaluation."""
-    from pipeline.models import load_stable_diffusion
-    from pipeline.models.eval_sd import SDEvalConfig, evaluate_sd, load_shipped_clip
+    from pipeline.models import load_shipped_clip, load_stable_diffusion
+    from pipeline.tiny.eval_sd import SDEvalConfig, evaluate_sd
+    from pipeline.tiny.manifest import manifest_path
 
     pipe = load_stable_diffusion(path, device="cpu", precision="fp32")
     clip = None
     deadline = time.monotonic() + 60.0 * clip_wait
-    while not (clip_dir / "manifest.json").is_file() and time.monotonic() < deadline:
+    while not manifest_path(clip_dir).is_file() and time.monotonic() < deadline:
         logger.info("waiting for the tiny CLIP at %s", clip_dir)
         time.sleep(min(120.0, max(1.0, deadline - time.monotonic())))
-    if (clip_dir / "manifest.json").is_file():
+    if manifest_path(clip_dir).is_file():
         clip = load_shipped_clip(clip_dir)
     else:
         logger.warning("no tiny CLIP at %s: the sample metric is skipped", clip_dir)

@@ -1,12 +1,19 @@
-"""`diclip shapes ...`: the synthetic shapes world (the demo dataset) and, later, its tiny models."""
+"""Stage `shapes_world` (`diclip shapes generate`): the synthetic shapes world, the demo dataset.
+The `shapes` group also holds the tiny models' training commands (added by stages.cli)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
-from stages.common import friendly_errors, params_option
+from pipeline import artifacts
+from pipeline.skeleton import StageContext, StageSpec, run_stage
+from stages.common import artifact_options
+
+SPEC = StageSpec(name="shapes_world", module=__name__, params=("shapes.seed", "shapes.splits", "shapes.world"),
+                 outputs=(artifacts.SHAPES,))
 
 
 @click.group("shapes")
@@ -26,37 +33,38 @@ def _parse_split(ctx, param, values: tuple[str, ...]) -> dict[str, int] | None:
     return out
 
 
+def generate(ctx: StageContext, *, seed: int | None = None, image_size: int | None = None,
+             splits: dict[str, int] | None = None, overwrite: bool = True) -> Path:
+    """Write the shapes world from the `shapes` params (each argument given overrides its param)."""
+    from pipeline.data.shapes import generate_dataset
+
+    p = ctx.params.shapes
+    world = dataclasses.replace(p.world, image_size=image_size) if image_size else p.world
+    out = ctx.path(artifacts.SHAPES)
+    generate_dataset(out, splits=splits or p.splits, seed=p.seed if seed is None else seed, config=world,
+                     map_chunks=ctx.runner.map, overwrite=overwrite)
+    ctx.summary.images = sum((splits or p.splits).values())
+    ctx.summary.computed = ctx.summary.images
+    return out
+
+
 @shapes_group.command("generate")
-@params_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="artifacts/shapes", show_default=True,
-              help="Dataset folder to write (VOC layout + class_names.txt + shapes_world.json).")
+@artifact_options(SPEC)
 @click.option("--seed", type=int, default=None, help="World seed (default: shapes.seed in params).")
 @click.option("--image-size", type=int, default=None, help="Image side in pixels (default: shapes.world.image_size).")
 @click.option("--split", "splits", multiple=True, callback=_parse_split, metavar="NAME=COUNT",
               help="Split and image count, repeatable (default: shapes.splits), e.g. --split train=2000.")
-@click.option("--workers", type=int, default=None, help="Generator processes (default: shapes.workers).")
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True,
-              help="Replace an existing dataset folder at --out.")
-@friendly_errors
-def generate_command(params_path: Path, out: Path, seed, image_size, splits, workers, overwrite: bool) -> None:
+              help="Replace an existing dataset folder at --shapes.")
+def generate_command(params_path: Path, paths: dict[str, Path], seed, image_size, splits, overwrite: bool) -> None:
     """Generate the shapes world deterministically (same seed and params -> byte-identical files).
 
-    Options override the `shapes` section of the params file; without a params file the defaults
-    apply. The folder appears only when complete (written beside it, then renamed).
+    Options override the `shapes` section of the params file (a missing params file means the
+    defaults). Scenes are rendered on the runner's workers (params section `runner`). The folder
+    appears only when complete (written beside it, then renamed).
     """
-    import dataclasses
+    from pipeline.params import Params
 
-    from pipeline.data.shapes import generate_dataset
-    from pipeline.params import Params, load_params
-
-    params = load_params(params_path).shapes if params_path.exists() else Params().shapes
-    world = dataclasses.replace(params.world, image_size=image_size) if image_size else params.world
-    generate_dataset(
-        out,
-        splits=splits or params.splits,
-        seed=params.seed if seed is None else seed,
-        config=world,
-        workers=workers or params.workers,
-        overwrite=overwrite,
-    )
-    click.echo(f"wrote {out}")
+    params = None if params_path.exists() else Params()
+    run_stage(SPEC, lambda ctx: generate(ctx, seed=seed, image_size=image_size, splits=splits, overwrite=overwrite),
+              params_path=params_path, paths=paths, params=params)

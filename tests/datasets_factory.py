@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.data.palette import voc_palette
+
 SPLIT_DIR = "ImageSets/Segmentation"
 
 
@@ -44,21 +46,6 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     else:
         Image.fromarray(image).save(path)
     return path
-
-
-def voc_palette() -> list[int]:
-    """The VOC colour map (index i -> bit-interleaved RGB), 256 entries flattened."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def write_mask(path: Path, mask: np.ndarray, *, palette: bool = True) -> Path:
@@ -163,3 +150,12 @@ def build_folder(
     if class_names is not None:
         (root / "class_names.txt").write_text("".join(f"{name}\n" for name in class_names))
     return samples
+
+
+def replace_with_link(path: Path, target: Path | str) -> Path:
+    """Replace ``path`` (if present) by a symbolic link to ``target``, which may not exist:
+    what a DVC link looks like once its cache file is gone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    return path

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError, replace
+
 import numpy as np
 import pytest
 import torch
 
-from pipeline.diffusion.acr import acr, anchor_indices, merge_proposals, symmetric_kl
+from pipeline.diffusion.acr import ACRConfig, acr, anchor_indices, merge_proposals, symmetric_kl
 from pipeline.diffusion.correlation import cluster_correlation, one_hot_maps
 
-ACR = dict(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
+ACR = ACRConfig(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
 
 
 def planted_partition(h: int = 16, w: int = 16) -> np.ndarray:
@@ -44,7 +46,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.mark.parametrize("anchor_grid", [8, 16])
 def test_acr_recovers_the_planted_partition_exactly(seed, anchor_grid):
     labels = planted_partition()
-    result = acr(planted_attention(labels, seed=seed), 16, **{**ACR, "anchor_grid": anchor_grid})
+    result = acr(planted_attention(labels, seed=seed), 16, replace(ACR, anchor_grid=anchor_grid))
     assert result.k == 5 == result.n_proposals
     assert same_partition(result.hard, labels)
     assert result.hard.shape == (16, 16) and result.soft.shape == (5, 16, 16)
@@ -58,7 +60,7 @@ def test_acr_recovers_the_planted_partition_exactly(seed, anchor_grid):
 
 def test_acr_recovers_on_a_rectangular_grid_without_kmeans():
     labels = planted_partition(12, 20)
-    result = acr(planted_attention(labels, seed=7), (12, 20), **{**ACR, "kmeans_iters": 0})
+    result = acr(planted_attention(labels, seed=7), (12, 20), replace(ACR, kmeans_iters=0))
     assert result.k == 5 and same_partition(result.hard, labels)
 
 
@@ -76,7 +78,7 @@ def test_merging_alone_finds_one_proposal_per_group():
 
 def test_max_clusters_caps_by_merging_the_closest_groups():
     labels = planted_partition()
-    result = acr(planted_attention(labels, seed=2), 16, **{**ACR, "max_clusters": 3})
+    result = acr(planted_attention(labels, seed=2), 16, replace(ACR, max_clusters=3))
     assert result.k == 3 and result.n_proposals == 5
     # merging never splits a planted group
     for g in range(5):
@@ -104,20 +106,38 @@ def test_capping_merges_the_same_pairs_as_recomputing_every_distance():
 
 def test_no_merging_rounds_keeps_anchors_as_proposals():
     labels = planted_partition()
-    result = acr(planted_attention(labels, seed=3), 16, **{**ACR, "merge_rounds": 0, "anchor_grid": 4})
+    result = acr(planted_attention(labels, seed=3), 16, replace(ACR, merge_rounds=0, anchor_grid=4))
     assert result.n_proposals == 16  # 4x4 anchors, nothing merged
     assert result.k <= 16
 
 
 def test_uniform_attention_collapses_to_one_cluster():
-    result = acr(np.full((64, 64), 1 / 64), 8, **ACR)
+    result = acr(np.full((64, 64), 1 / 64), 8, ACR)
     assert result.k == 1 and (result.hard == 0).all()
     np.testing.assert_allclose(result.soft, 1.0)
 
 
 def test_acr_rejects_a_wrong_shape():
     with pytest.raises(ValueError, match=r"expected \(256, 256\)"):
-        acr(np.ones((100, 100)), 16, **ACR)
+        acr(np.ones((100, 100)), 16, ACR)
+
+
+def test_acr_config_defaults_validation_and_reading_from_params():
+    from pipeline.params.sections import DiffusionAttentionParams  # the stage's params: same defaults
+
+    assert ACRConfig() == ACRConfig(anchor_grid=16, merge_kl=0.005, merge_rounds=3, max_clusters=16, kmeans_iters=10)
+    assert ACRConfig.from_fields(DiffusionAttentionParams()) == ACRConfig()
+    assert ACRConfig.from_fields(DiffusionAttentionParams(max_clusters=12, merge_kl=0.5)) == \
+        ACRConfig(max_clusters=12, merge_kl=0.5)
+    for field, bad in [("merge_kl", 0.0), ("merge_kl", -1.0), ("merge_kl", float("nan")), ("anchor_grid", 0),
+                       ("merge_rounds", -1), ("max_clusters", 0), ("kmeans_iters", -1), ("max_clusters", 2.5),
+                       ("anchor_grid", True)]:
+        with pytest.raises(ValueError, match=rf"^{field} must be .*, got {bad!r}$"):
+            ACRConfig(**{field: bad})
+    with pytest.raises(FrozenInstanceError):
+        ACR.merge_kl = 0.1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="config must be an ACRConfig, got dict"):
+        acr(np.full((64, 64), 1 / 64), 8, dict(anchor_grid=16, merge_kl=0.9))  # type: ignore[arg-type]
 
 
 def test_anchor_lattice_is_regular_and_capped():
@@ -152,7 +172,7 @@ def test_correlation_of_hard_maps_is_the_same_cluster_indicator():
 
 def test_correlation_of_soft_maps_is_symmetric_with_block_structure():
     labels = planted_partition()
-    result = acr(planted_attention(labels, seed=0), 16, **ACR)
+    result = acr(planted_attention(labels, seed=0), 16, ACR)
     soft = np.concatenate([result.soft, np.zeros((3, 16, 16), np.float32)])  # stored padding adds nothing
     for grid in (16, 8, 5):
         corr = cluster_correlation(soft, grid)

@@ -1,28 +1,48 @@
-"""The surgery path and patch-text CAMs on random-init models (fast, CPU)."""
+"""The surgery path, patch-text CAMs, prompts and batched CAMs on random-init models (fast, CPU)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
+from PIL import Image
 
 from pipeline.cam import (
     cams_to_image,
+    class_prompts,
+    encode_class_prompts,
+    encode_prompts,
     feature_surgery,
     labels_from_cams,
+    presence_scores,
     resize_pos_embed,
+    surgery_cams,
     surgery_forward,
     text_cams,
+    to_clip_input,
 )
 from pipeline.models import load_clip
 
 TINY_CLIP = "diclip-tiny-vit-p8-64"
+NAMES = ("disk", "bar", "ring")
 
 
 @pytest.fixture(scope="module")
-def tiny_visual():
+def tiny_clip():
     torch.manual_seed(0)
-    return load_clip(TINY_CLIP, None, device="cpu").model.visual
+    return load_clip(TINY_CLIP, None, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_visual(tiny_clip):
+    return tiny_clip.model.visual
+
+
+@pytest.fixture(scope="module")
+def uint8_images():
+    return np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
 
 
 def toy_visual(layers: int = 2) -> VisionTransformer:
@@ -189,3 +209,58 @@ def test_labels_from_cams_use_present_classes_and_the_threshold():
     labels = labels_from_cams(cams, present, bg_threshold=0.4)
     assert labels.tolist() == [[[1, 2], [2, 0]]]
     assert labels_from_cams(cams, torch.zeros(1, 3, dtype=torch.bool), bg_threshold=0.0).eq(0).all()
+
+
+# --- prompts, model input and the batched recipe ---------------------------------------------------
+
+
+def test_class_prompts_format_every_name():
+    assert class_prompts(NAMES) == ["a photo of a disk.", "a photo of a bar.", "a photo of a ring."]
+    assert class_prompts(NAMES[:1], "{} here") == ["disk here"]
+
+
+def test_model_input_is_exactly_the_loaders_preprocessing_at_the_input_size(tiny_clip, uint8_images):
+    x = to_clip_input(uint8_images, tiny_clip.model.visual)
+    ref = torch.stack([tiny_clip.preprocess(Image.fromarray(im)) for im in uint8_images])
+    assert x.dtype == torch.float32 and torch.equal(x, ref)
+
+
+@torch.no_grad()
+def test_prompt_ensembles_average_normalised_embeddings(tiny_clip):
+    model, tok = tiny_clip.model, tiny_clip.tokenizer
+    single = encode_class_prompts(model, tok, NAMES)
+    torch.testing.assert_close(single, encode_prompts(model, tok, class_prompts(NAMES)), atol=1e-6, rtol=0)
+    templates = ("a photo of a {}.", "a {} here.")
+    two = encode_class_prompts(model, tok, NAMES, templates)
+    bar = F.normalize(model.encode_text(tok([t.format("bar") for t in templates])).float(), dim=-1)  # (2, E)
+    torch.testing.assert_close(two[1], F.normalize(bar.mean(0), dim=-1))
+    assert two.shape == (3, 128) and torch.allclose(two.norm(dim=-1), torch.ones(3))
+    assert not torch.allclose(two, single)
+
+
+@torch.no_grad()
+def test_presence_scores_are_image_text_cosines(tiny_clip, uint8_images):
+    model = tiny_clip.model
+    text = encode_prompts(model, tiny_clip.tokenizer, class_prompts(NAMES))
+    scores = presence_scores(model, uint8_images, text, batch_size=2)
+    image = F.normalize(model.encode_image(to_clip_input(uint8_images, model.visual)), dim=-1)
+    assert scores.shape == (5, 3)
+    np.testing.assert_allclose(scores, (image @ text.T).numpy(), atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cls_weighting", [True, False])
+def test_batched_surgery_cams_are_the_per_image_recipe(tiny_clip, uint8_images, cls_weighting):
+    model = tiny_clip.model
+    text = encode_prompts(model, tiny_clip.tokenizer, class_prompts(NAMES))
+    recipe = dict(surgery_blocks=2, cls_weighting=cls_weighting, head_reduce="mean", self_similarity="v",
+                  cls_temperature=3.0, token_norm="token")
+    cams = surgery_cams(model, uint8_images, text, **recipe, batch_size=2)  # batches of 2, 2, 1
+    assert cams.shape == (5, 3, 64, 64) and cams.min() >= 0 and cams.max() <= 1
+    out = surgery_forward(model.visual, to_clip_input(uint8_images, model.visual), surgery_blocks=2,
+                          head_reduce="mean", self_similarity="v")
+    want = cams_to_image(text_cams(out.tokens, text, image_embedding=out.image_embedding, cls_weighting=cls_weighting,
+                                   temperature=3.0, token_norm="token"), out.grid, (64, 64))
+    torch.testing.assert_close(cams, want, atol=1e-5, rtol=1e-5)
+    other = surgery_cams(model, uint8_images, text, **{**recipe, "surgery_blocks": 0})
+    assert not torch.allclose(cams, other, atol=1e-3)

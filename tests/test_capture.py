@@ -16,7 +16,10 @@ from pipeline.diffusion.capture import (
     encode_prompt,
     image_noise_seed,
     layer_grids,
+    native_image_size,
     resample_attention,
+    vae_factor,
+    vae_factor_from_config,
 )
 from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config, self_attention_layers
 
@@ -144,6 +147,14 @@ def test_image_helper_encodes_resizes_and_captures(pipe):
     torch.testing.assert_close(helper(images[:1], seeds=[5])[0], a[0], atol=1e-6, rtol=1e-5)  # batch-independent
     coarse = ImageAttention(pipe, timestep=300, image_size=32, grid=4)(images, seeds=[5, 6])
     assert coarse.shape == (2, 16, 16)
+
+
+def test_vae_factor_from_a_config_dict_and_from_the_pipeline(pipe):
+    assert vae_factor(pipe) == vae_factor_from_config(dict(pipe.vae.config)) == 4  # tiny SD: blocks 32/64/64
+    assert native_image_size(pipe) == 64
+    assert vae_factor_from_config({"block_out_channels": [128, 256, 512, 512]}) == 8  # SD 2.1's vae/config.json
+    with pytest.raises(KeyError):
+        vae_factor_from_config({})
 
 
 @pytest.mark.parametrize("src,dst", [((8, 8), 16), ((16, 16), 8), ((4, 8), 6), ((16, 16), 20)])

@@ -27,6 +27,7 @@ from tests.datasets_factory import (
     build_folder,
     build_voc,
     pattern_image,
+    replace_with_link,
     write_image,
     write_mask,
     write_split,
@@ -42,6 +43,13 @@ def _assert_jpeg_close(actual: np.ndarray, expected: np.ndarray) -> None:
 
 def _message(excinfo: pytest.ExceptionInfo) -> str:
     return str(excinfo.value)
+
+
+def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
+    """The message, checked to be one line without object reprs such as ``<_io.BytesIO ...>``."""
+    message = str(excinfo.value)
+    assert "\n" not in message and " object at 0x" not in message, message
+    return message
 
 
 def _mode(path: Path) -> str:
@@ -552,3 +560,242 @@ def test_image_mask_size_mismatch(tmp_path):
 def test_errors_are_value_errors():
     assert issubclass(DatasetError, ValueError)
     assert SegmentationDataset.__dataclass_params__.frozen
+
+
+# --------------------------------------------------------------------------- hostile split lists
+
+
+@pytest.mark.parametrize("kind", ["voc", "folder"])
+def test_split_line_with_space_refused_even_when_first_word_is_an_image(tmp_path, kind):
+    build_voc(tmp_path) if kind == "voc" else build_folder(tmp_path)
+    write_image(tmp_path / "JPEGImages" / "shot.jpg", pattern_image(24, 40, seed=3))
+    write_mask(tmp_path / "SegmentationClassAug" / "shot.png", banded_mask(24, 40, (0, 1)))
+    write_mask(tmp_path / "SegmentationClass" / "shot.png", banded_mask(24, 40, (0, 1)))
+    path = write_split(tmp_path, "train", ["shot", "", "shot 2"])
+    with pytest.raises(DatasetError) as excinfo:  # was: id 'shot' twice, or 'shot' used for 'shot 2'
+        open_dataset(kind, tmp_path, "train")
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "line 3" in message and "'shot 2'" in message
+    assert "whitespace" in message
+
+
+@pytest.mark.parametrize("line", ["img 001", "  img 001 ", "img\t001", "img\xa0001", "img\x0c001", "img\u2028001"])
+def test_split_line_with_whitespace_inside_names_the_line_not_its_first_word(tmp_path, line):
+    build_voc(tmp_path)
+    path = tmp_path / "ImageSets" / "Segmentation" / "train.txt"
+    path.write_text(f"2007_000032\r\n\r\n{line}\r\n2007_000039\r\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("voc", tmp_path, "train")
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "line 3:" in message and repr(line) in message
+    assert "'img'" not in message
+
+
+def test_coco_split_line_with_space_refused(tmp_path):
+    build_coco(tmp_path, split_lists=True)
+    path = write_split(tmp_path, "val", ["COCO_val2014_000000000042", "COCO_val2014_000000000073 copy"])
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("coco", tmp_path, "val")
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "line 2" in message and "'COCO_val2014_000000000073 copy'" in message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "JPEGImages/2007_000032.jpg\tSegmentationClassAug/2007_000032.png",  # no leading /, tab
+        "  /JPEGImages/2007_000032.jpg   /SegmentationClass/2007_000032.png  ",
+        "\\JPEGImages\\2007_000032.jpg \\SegmentationClassAug\\2007_000032.png",
+    ],
+)
+def test_train_aug_two_column_variants_still_read(tmp_path, line):
+    build_voc(tmp_path)
+    write_split(tmp_path, "train_aug", [line, "/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png"])
+    ds = open_dataset("voc", tmp_path, "train_aug")
+    assert ds.ids == ("2007_000032", "2007_000039")
+    assert ds.validate("2007_000032").image_id == "2007_000032"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000039.png",  # columns disagree
+        "2007_000032.jpg 2007_000032.png",  # no folders: not the train_aug form
+        "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png extra",
+        "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.jpg",  # mask not .png
+        "/JPEGImages/my shot.jpg /SegmentationClassAug/my shot.png",
+    ],
+)
+def test_two_column_lines_other_than_train_aug_refused(tmp_path, line):
+    build_voc(tmp_path)
+    path = write_split(tmp_path, "train_aug", ["2007_000039", line], split_dir="ImageSets/SegmentationAug")
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("voc", tmp_path, "train_aug")
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "line 2" in message and repr(line) in message
+    assert "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png" in message
+
+
+def test_class_names_split_only_at_line_ends(tmp_path):
+    build_folder(tmp_path)
+    # U+2028 / NEL inside a name must not shift the later names to other mask values.
+    (tmp_path / "class_names.txt").write_text("square\ncir\u2028cle\r\ntri\x85angle\n", encoding="utf-8")
+    ds = open_dataset("folder", tmp_path, "train")
+    assert ds.class_names == ("square", "cir\u2028cle", "tri\x85angle")
+
+
+# --------------------------------------------------------------------------- hostile image files
+
+
+@pytest.mark.parametrize("content", [b"this is not a JPEG\n", b""])
+def test_text_file_named_jpg_message(tmp_path, content):
+    samples = build_voc(tmp_path)
+    path = samples["2007_000039"].image_path
+    path.write_bytes(content)
+    ds = open_dataset("voc", tmp_path, "train")
+    for call in (ds.validate, ds.load_image):
+        with pytest.raises(DatasetError) as excinfo:
+            call("2007_000039")
+        message = _one_line_error(excinfo)
+        assert message.startswith(f"image {path} is not a readable image: ")
+        if content:
+            assert "UnidentifiedImageError: cannot identify image file" in message
+            assert "starts with b'this is not a JPEG\\n'" in message
+        else:
+            assert "empty (0 bytes)" in message
+
+
+def test_text_file_named_png_mask_message(tmp_path):
+    samples = build_folder(tmp_path)
+    path = samples["shape_0001"].mask_path
+    path.write_text("<html>404 Not Found</html>\n")
+    ds = open_dataset("folder", tmp_path, "train")
+    for call in (ds.validate, ds.load_mask, ds.labels):
+        with pytest.raises(DatasetError) as excinfo:
+            call("shape_0001")
+        message = _one_line_error(excinfo)
+        assert message.startswith(f"mask {path} is not a readable image: PIL reported ")
+        assert "cannot identify image file" in message and "b'<html>404" in message
+
+
+def test_truncated_files_message_has_no_object_repr(tmp_path):
+    samples = build_folder(tmp_path)
+    for sample in (samples["shape_0000"], samples["shape_0003"]):
+        for path in (sample.image_path, sample.mask_path):
+            path.write_bytes(path.read_bytes()[:-30])
+    ds = open_dataset("folder", tmp_path, "train")
+    for image_id in ("shape_0000", "shape_0003"):  # PNG and JPEG
+        path = samples[image_id].image_path
+        with pytest.raises(DatasetError) as excinfo:
+            ds.load_image(image_id)
+        message = _one_line_error(excinfo)
+        assert str(path) in message and "not a readable image (corrupt or truncated)" in message
+    with pytest.raises(DatasetError) as excinfo:
+        ds.load_mask("shape_0000")
+    assert _one_line_error(excinfo).startswith(f"mask {samples['shape_0000'].mask_path} is not a readable image")
+
+
+# --------------------------------------------------------------------------- broken symbolic links
+
+
+def test_broken_image_link_named_with_target(tmp_path):
+    samples = build_voc(tmp_path)
+    target = tmp_path / "dvc-cache" / "ab" / "cdef"
+    path = replace_with_link(samples["2007_000039"].image_path, target)
+    ds = open_dataset("voc", tmp_path, "train")
+    for call in (ds.validate, ds.load_image, ds.image_path):
+        with pytest.raises(DatasetError) as excinfo:
+            call("2007_000039")
+        message = _one_line_error(excinfo)
+        assert message == (
+            f"image id '2007_000039': image {path} is a broken symbolic link to {target} "
+            "(No such file or directory)"
+        )
+
+
+def test_broken_mask_link_relative_target(tmp_path):
+    samples = build_voc(tmp_path)
+    path = replace_with_link(samples["2007_000032"].mask_path, "../cache/gone.png")
+    ds = open_dataset("voc", tmp_path, "train")
+    for call in (ds.validate, ds.load_mask, ds.labels, ds.mask_path):
+        with pytest.raises(DatasetError) as excinfo:
+            call("2007_000032")
+        message = _one_line_error(excinfo)
+        assert f"image id '2007_000032': mask {path} is a broken symbolic link" in message
+        assert f"../cache/gone.png (= {tmp_path / 'cache' / 'gone.png'})" in message
+        assert "missing mask" not in message
+
+
+def test_symlink_loop_reported_as_broken_link(tmp_path):
+    samples = build_voc(tmp_path)
+    path = replace_with_link(samples["2007_000032"].image_path, samples["2007_000032"].image_path)
+    ds = open_dataset("voc", tmp_path, "train")
+    with pytest.raises(DatasetError) as excinfo:
+        ds.validate("2007_000032")
+    message = _one_line_error(excinfo)
+    assert f"{path} is a broken symbolic link to {path}" in message and "symbolic links" in message
+
+
+def test_working_links_still_read(tmp_path):
+    samples = build_voc(tmp_path)
+    sample = samples["2007_000039"]
+    for path in (sample.image_path, sample.mask_path):
+        stored = tmp_path / "cache" / path.name
+        stored.parent.mkdir(exist_ok=True)
+        path.rename(stored)
+        replace_with_link(path, stored)
+    ds = open_dataset("voc", tmp_path, "train")
+    assert ds.validate("2007_000039").image_id == "2007_000039"
+    np.testing.assert_array_equal(ds.load_mask("2007_000039"), sample.mask)
+
+
+def test_folder_broken_link_does_not_fall_through_to_next_suffix(tmp_path):
+    build_folder(tmp_path)  # shape_0000 is a .png; a .jpg takes priority
+    path = replace_with_link(tmp_path / "JPEGImages" / "shape_0000.jpg", tmp_path / "gone.jpg")
+    ds = open_dataset("folder", tmp_path, "train")
+    with pytest.raises(DatasetError) as excinfo:
+        ds.validate("shape_0000")
+    assert f"image {path} is a broken symbolic link to {tmp_path / 'gone.jpg'}" in _one_line_error(excinfo)
+
+
+def test_coco_listing_keeps_broken_links(tmp_path):
+    samples = build_coco(tmp_path, split_lists=False)
+    path = replace_with_link(samples["COCO_val2014_000000000042"].image_path, tmp_path / "gone.jpg")
+    ds = open_dataset("coco", tmp_path, "val")
+    assert ds.ids == tuple(sorted(COCO_SPLITS["val2014"]))  # not dropped silently
+    with pytest.raises(DatasetError, match=re.escape(f"{path} is a broken symbolic link")):
+        ds.validate("COCO_val2014_000000000042")
+
+
+@pytest.mark.parametrize("kind", ["voc", "coco"])
+def test_broken_split_list_link(tmp_path, kind):
+    build_voc(tmp_path) if kind == "voc" else build_coco(tmp_path, split_lists=True)
+    split = "val"
+    path = replace_with_link(tmp_path / "ImageSets" / "Segmentation" / f"{split}.txt", tmp_path / "gone.txt")
+    with pytest.raises(DatasetError) as excinfo:  # coco must not fall back to a folder listing
+        open_dataset(kind, tmp_path, split)
+    assert _one_line_error(excinfo) == (
+        f"split 'val': split list {path} is a broken symbolic link to {tmp_path / 'gone.txt'} "
+        "(No such file or directory)"
+    )
+
+
+def test_broken_mask_folder_link_does_not_fall_back(tmp_path):
+    build_voc(tmp_path, mask_folder="SegmentationClass")
+    path = replace_with_link(tmp_path / "SegmentationClassAug", tmp_path / "gone")
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("voc", tmp_path, "train")
+    assert f"mask folder {path} is a broken symbolic link to {tmp_path / 'gone'}" in _one_line_error(excinfo)
+
+
+def test_broken_class_names_and_root_links(tmp_path):
+    build_folder(tmp_path / "data")
+    names = replace_with_link(tmp_path / "data" / "class_names.txt", tmp_path / "gone.txt")
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("folder", tmp_path / "data", "train")
+    expected = f"class-name file {names} is a broken symbolic link to {tmp_path / 'gone.txt'}"
+    assert expected in _one_line_error(excinfo)
+    root = replace_with_link(tmp_path / "root", tmp_path / "gone")
+    with pytest.raises(DatasetError) as excinfo:
+        open_dataset("folder", root, "train")
+    assert f"dataset root {root} is a broken symbolic link to {tmp_path / 'gone'}" in _one_line_error(excinfo)

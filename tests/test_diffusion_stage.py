@@ -1,46 +1,41 @@
 """The diffusion_attention stage on a small shapes world with the untrained tiny SD: store layout and
-metric, reuse and recompute by params, resume after kill -9 (on a 2-worker LocalCluster), and DVC
-rerunning only this stage when one of its params changes.
+metric, reuse and recompute by params and by changed images, resume after kill -9 (on a 2-worker
+LocalCluster), and DVC rerunning only this stage when one of its params changes.
 
-Also a script (`python -m tests.test_diffusion_stage OUT INDEX MODEL SLEEP`): runs the stage in
-process with a slowed ACR, for the kill test.
+Also a script (`python -m tests.test_diffusion_stage OUT INDEX MODEL`): runs the stage in process, for
+the kill test.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.diffusion.config import DiffusionAttentionParams
-from tests.kill_run import kill_when_part_way
-from pipeline.params import RunnerParams
-from pipeline.params.sections import ModelsParams, SDModelParams
+from pipeline.params import parse_params
+from pipeline.skeleton import run_stage
+from stages import diffusion_attention as stage
+from tests.kill_run import run_killed_after
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL = 10, 6
 
 
-def stage_params(**overrides) -> DiffusionAttentionParams:
-    return DiffusionAttentionParams(**{"shard_images": 4, "eval_images": 4, **overrides})
+def params(model, runner=None, **overrides):
+    return parse_params({
+        "diffusion_attention": {"shard_images": 4, "eval_images": 4, **overrides},
+        "models": {"sd": {"model": str(model)}, "device": "cpu"},
+        "runner": runner or {"in_process": True},
+    })
 
 
-def models_params(model: str | Path) -> ModelsParams:
-    return ModelsParams(sd=SDModelParams(model=str(model)), device="cpu")
-
-
-def run_stage(cfg, world, out: Path, runner=RunnerParams(in_process=True), metrics=True):
-    from pipeline.diffusion.stage import run_diffusion_attention
-
-    return run_diffusion_attention(
-        cfg, models=models_params(world["model"]), index_dir=world["index"], out=out,
-        metrics_path=out.with_suffix(".json") if metrics else None, runner=runner,
-    )
+def run(world, out: Path, runner=None, **overrides):
+    metric, summary = run_stage(stage.SPEC, stage.body, params=params(world["model"], runner, **overrides),
+                                paths={"index": world["index"], "diffusion": out, "diffusion_metric": out.with_suffix(".json")})
+    return metric, summary
 
 
 @pytest.fixture(scope="module")
@@ -48,49 +43,51 @@ def world(tmp_path_factory):
     """A 10+6-image shapes world, its index, and the untrained tiny SD saved as a pipeline directory."""
     import torch
 
-    from pipeline.data.prepare import prepare_index
-    from pipeline.data.shapes import ShapesConfig, generate_dataset
+    from pipeline.data.shapes import generate_dataset
+    from pipeline.data.shapes_config import ShapesConfig
     from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
-    from pipeline.params import parse_params
+    from stages import prepare
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("world")
-    generate_dataset(root / "shapes", splits={"train": N_TRAIN, "val": N_VAL}, seed=3, config=ShapesConfig(),
-                     workers=1, progress=False)
-    prepare_index(parse_params({"dataset": {"root": str(root / "shapes")}, "runner": {"in_process": True}}), root / "index")
+    generate_dataset(root / "shapes", splits={"train": N_TRAIN, "val": N_VAL}, seed=3, config=ShapesConfig())
+    run_stage(prepare.SPEC, prepare.body, paths={"index": root / "index"},
+              params=parse_params({"dataset": {"root": str(root / "shapes")}, "runner": {"in_process": True}}))
     build_tiny_stable_diffusion(load_tiny_sd_config(), root / "tok", seed=0).save_pretrained(root / "sd")
     return {"root": root, "index": root / "index", "model": root / "sd"}
 
 
 @pytest.fixture(scope="module")
 def finished(world):
-    """One uninterrupted in-process run: (params, store path, summary)."""
-    cfg = stage_params()
+    """One uninterrupted in-process run: (store path, metric, summary)."""
     out = world["root"] / "ref" / "diffusion.zarr"
-    return cfg, out, run_stage(cfg, world, out)
+    metric, summary = run(world, out)
+    return out, metric, summary
 
 
 def test_store_layout_attributes_and_metric(world, finished):
-    from pipeline.diffusion.stage import DiffusionMaps
+    from pipeline.diffusion.baselines import colour_kmeans
+    from pipeline.diffusion.correlation import cluster_correlation
+    from pipeline.metrics import best_match_iou, upsample_labels
     from pipeline.store.dataset_index import DatasetIndex
+    from pipeline.store.diffusion_maps import DiffusionMaps
 
-    cfg, out, summary = finished
+    out, metric, summary = finished
     n = N_TRAIN + N_VAL
-    assert summary["computed"] == n and summary["already_done"] == 0
-    maps = DiffusionMaps.open(out)
+    assert (summary.computed, summary.reused, summary.failed) == (n, 0, 0)
     index = DatasetIndex.load(world["index"])
+    maps = DiffusionMaps.open(out, index_fingerprint=index.fingerprint)
     assert maps.ids == index.ids("train") + index.ids("val")
     attrs = maps.attrs
     assert attrs["complete"] and attrs["stage"] == "diffusion_attention" and len(attrs["params_hash"]) == 16
-    assert attrs["model"] == str(world["model"]) and attrs["timestep"] == cfg.timestep
+    assert "code_version" not in attrs and len(attrs["code_digest"]) == 16 and attrs["inputs"] == {"index": index.fingerprint}
+    assert attrs["model"] == str(world["model"]) and attrs["timestep"] == 100
     assert (attrs["image_size"], attrs["latent_size"], attrs["cluster_grid"], attrs["attention_grid"]) == (64, 16, 16, 8)
     assert attrs["splits"] == {"train": N_TRAIN, "val": N_VAL}
-    store = maps.store
-    specs = {s.name: (s.shape, s.dtype) for s in store.specs}
+    specs = {s.name: (s.shape, s.dtype) for s in maps.store.specs}
     assert specs == {"soft": ((16, 16, 16), "float16"), "hard": ((16, 16), "uint8"), "k": ((), "int32"),
                      "attention": ((64, 64), "float16")}
-    # one shard file per block of 4 images, not one file per image
-    assert len(list((out / "soft" / "c").iterdir())) == 4
+    assert len(list((out / "soft" / "c").iterdir())) == 4  # one shard file per block of 4 images
     for image_id in (maps.ids[0], maps.ids[-1]):
         soft, hard = maps.clusters(image_id)
         k = len(soft)
@@ -98,29 +95,35 @@ def test_store_layout_attributes_and_metric(world, finished):
         np.testing.assert_allclose(soft.sum(0), 1.0, atol=2e-2)  # fp16 storage
         attention = maps.attention(image_id)
         assert attention.shape == (64, 64) and np.allclose(attention.sum(1), 1.0, atol=1e-5)
-        corr = maps.correlation(image_id, 8)
+        corr = cluster_correlation(soft, 8)
         assert corr.shape == (64, 64) and np.array_equal(corr, corr.T)
-    metric = json.loads(out.with_suffix(".json").read_text())
+    # the metric is the stored maps scored against the first 4 val masks (recomputed here independently)
+    images = index.images(["val"])
+    ids = index.ids("val")[:4]
+    acr = [best_match_iou(upsample_labels(maps.clusters(i)[1], images.load_mask(i).shape), images.load_mask(i)) for i in ids]
+    colour = [best_match_iou(colour_kmeans(images.load_image(i), max(2, len(maps.clusters(i)[0]))), images.load_mask(i))
+              for i in ids]
     assert metric["split"] == "val" and metric["images"] == 4
-    for key in ("acr_best_match_iou", "untrained_unet_best_match_iou", "colour_kmeans_best_match_iou"):
-        assert 0.0 <= metric[key] <= 1.0, key
-    assert metric == summary["metric"]
+    assert metric["acr_best_match_iou"] == pytest.approx(np.nanmean(acr))
+    assert metric["colour_kmeans_best_match_iou"] == pytest.approx(np.nanmean(colour))
+    assert "untrained_unet_best_match_iou" in metric
+    assert json.loads(out.with_suffix(".json").read_text()) == metric
 
 
 def test_finished_store_is_kept_and_params_change_recomputes(world, finished, tmp_path):
     import shutil
 
-    cfg, ref, _ = finished
-    out = tmp_path / "diffusion.zarr"
-    shutil.copytree(ref, out)
-    again = run_stage(stage_params(eval_images=2, eval_baselines=False), world, out)
-    assert again["computed"] == 0 and again["metric"]["images"] == 2  # eval-only params: metric only
-    assert "untrained_unet_best_match_iou" not in again["metric"]
-    changed = run_stage(stage_params(merge_kl=0.5, store_attention=False), world, out, metrics=False)
-    assert changed["computed"] == N_TRAIN + N_VAL and "metric" not in changed
-    from pipeline.diffusion.stage import DiffusionMaps
+    from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.image_store import StoreError
 
+    ref, _, _ = finished
+    out = tmp_path / "diffusion.zarr"
+    shutil.copytree(ref, out)
+    metric, again = run(world, out, eval_images=2, eval_baselines=False)
+    assert again.computed == 0 and again.reused == N_TRAIN + N_VAL and metric["images"] == 2  # eval-only params
+    assert "untrained_unet_best_match_iou" not in metric
+    _, changed = run(world, out, merge_kl=0.5, store_attention=False, eval_images=0)
+    assert changed.computed == N_TRAIN + N_VAL
     with pytest.raises(StoreError, match="store_attention"):
         DiffusionMaps.open(out).attention(DiffusionMaps.open(out).ids[0])
 
@@ -129,48 +132,44 @@ def test_metric_split_must_be_computed(world, tmp_path):
     from pipeline.params import ParamsError
 
     with pytest.raises(ParamsError, match="diffusion_attention.eval_split 'val' is not among the computed splits"):
-        run_stage(stage_params(splits=("train",)), world, tmp_path / "d.zarr")
+        run(world, tmp_path / "d.zarr", splits=["train"])
     assert not (tmp_path / "d.zarr").exists()
 
 
-@pytest.mark.timeout(300)
+def test_a_stage_may_read_only_the_params_it_declares(world):
+    from pipeline.params import ParamsError
+    from pipeline.skeleton import StageContext
+
+    ctx = StageContext(stage.SPEC, params(world["model"]), {})
+    assert ctx.params.models.sd.model == str(world["model"])
+    with pytest.raises(ParamsError, match="reads params 'models.clip' but does not declare it"):
+        ctx.params.models.clip
+    with pytest.raises(ParamsError, match="reads params 'dataset' but does not declare it"):
+        ctx.params.dataset
+
+
 def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_path):
     from pipeline.store.image_store import ImageStore
 
-    cfg, ref, _ = finished
+    ref, _, _ = finished
     out = tmp_path / "diffusion.zarr"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_diffusion_stage", str(out), str(world["index"]), str(world["model"]), "0.3"],
-        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    staging = out.with_name(out.name + ".staging")
-    kill_when_part_way(proc, out, min_done=4, min_staged=1, timeout=180)
+    run_killed_after(["-m", "tests.test_diffusion_stage", str(out), str(world["index"]), str(world["model"])], images=5)
     store = ImageStore.open(out, require_complete=False)
     assert not store.attrs["complete"]
-    done = store.done()
-    staged = {int(p.stem) for p in staging.glob("*.npz") if store.load_staged(int(p.stem)) is not None}
-    kept = int(done.sum()) + len(staged - set(np.flatnonzero(done)))
-    assert 0 < kept < N_TRAIN + N_VAL
+    durable = int(store.done().sum()) + len(store.staged_indices())
+    assert durable == 5  # in process: exactly the images staged before the kill
 
-    resumed = run_stage(cfg, world, out, runner=RunnerParams(n_workers=2), metrics=False)
-    assert resumed["computed"] == N_TRAIN + N_VAL - kept, "the rerun recomputed work that was already durable"
-    assert resumed["already_done"] == int(done.sum())
+    _, resumed = run(world, out, runner={"n_workers": 2}, eval_images=0)
+    assert resumed.computed == N_TRAIN + N_VAL - 5, "the rerun recomputed work that was already durable"
+    assert resumed.reused == 5
     a, b = ImageStore.open(out), ImageStore.open(ref)
-    assert a.attrs["params_hash"] == b.attrs["params_hash"]
+    assert a.attrs["key"] == b.attrs["key"]
     for name in ("k", "hard", "soft", "attention"):  # same bytes as the uninterrupted in-process run
         np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
-    assert not staging.exists()
+    assert not out.with_name(out.name + ".staging").exists()
 
 
 # ------------------------------------------------------------------------------ DVC
-def _dvc_wired() -> bool:
-    import yaml
-
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text()).get("stages", {})
-    return "diffusion_attention" in stages
-
-
-@pytest.mark.skipif(not _dvc_wired(), reason="diffusion_attention is not in dvc.yaml yet")
 def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
     import shutil
 
@@ -214,17 +213,6 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
 
 # ------------------------------------------------------------------------------ kill-test script
 if __name__ == "__main__":
-    import pipeline.diffusion.stage as stage
-
-    out, index, model, sleep = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    real_acr = stage.acr
-
-    def slow_acr(*args, **kwargs):
-        time.sleep(sleep)
-        return real_acr(*args, **kwargs)
-
-    stage.acr = slow_acr  # in process, so the patch reaches every image
-    stage.run_diffusion_attention(
-        stage_params(), models=models_params(model), index_dir=index, out=out, metrics_path=None,
-        runner=RunnerParams(in_process=True),
-    )
+    out, index, model = sys.argv[1], sys.argv[2], sys.argv[3]
+    run_stage(stage.SPEC, stage.body, params=params(model, eval_images=0),
+              paths={"index": index, "diffusion": out, "diffusion_metric": Path(out).with_suffix(".json")})

@@ -7,6 +7,7 @@ failure mode, replace the download or socket call with one that fails the test.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -24,6 +25,8 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from pipeline.models import (
+    TINY_CLIP_DIR,
+    TINY_SD_DIR,
     ModelUnavailableError,
     TinySDConfig,
     build_clip_tokenizer,
@@ -36,6 +39,7 @@ from pipeline.models import (
     resolve_dtype,
     save_clip_checkpoint,
     self_attention_layers,
+    untrained_unet,
 )
 from pipeline.models import clip as clip_module
 from pipeline.models import diffusion as diffusion_module
@@ -356,6 +360,30 @@ def test_tiny_sd_is_seeded(tmp_path):
     other = build_tiny_stable_diffusion(config, tmp_path / "tok", seed=1)
     _assert_same_state(first.unet, again.unet)
     assert not torch.equal(first.unet.conv_in.weight, other.unet.conv_in.weight)
+
+
+def test_untrained_unet_is_a_fresh_seeded_copy_of_the_config(tiny_sd):
+    built, _, _ = tiny_sd
+    unet = built.unet
+    state = torch.random.get_rng_state()
+    fresh = untrained_unet(unet)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    public = lambda cfg: {k: v for k, v in dict(cfg).items() if not k.startswith("_")}  # noqa: E731
+    assert fresh is not unet and not fresh.training and public(fresh.config) == public(unet.config)
+    assert fresh.dtype == unet.dtype and fresh.device == unet.device
+    _assert_same_state(fresh, untrained_unet(unet, seed=0))
+    assert not torch.equal(fresh.conv_in.weight, untrained_unet(unet, seed=1).conv_in.weight)
+    other = copy.deepcopy(unet)  # other weights, same config: only the config is used
+    with torch.no_grad():
+        other.conv_in.weight.add_(1.0)
+    _assert_same_state(fresh, untrained_unet(other))
+    assert untrained_unet(other.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_shipped_weight_folders_are_absolute_and_resolved_from_the_package():
+    package = Path(diffusion_module.__file__).resolve().parent
+    assert TINY_CLIP_DIR == package / "weights" / "diclip-tiny-clip" and TINY_CLIP_DIR.is_absolute()
+    assert TINY_SD_DIR == package / "weights" / "diclip-tiny-sd" and TINY_SD_DIR.is_absolute()
 
 
 def test_tiny_sd_attention_layout(tiny_sd):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +30,7 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
     ({"dataset": {"rooot": "x"}}, "unknown key dataset.rooot"),
     ({"dataset": {"kind": "pascal"}}, "dataset.kind must be one of 'folder', 'voc', 'coco', got 'pascal'"),
     ({"runner": {"n_workers": "two"}}, "runner.n_workers must be an integer, got 'two'"),
-    ({"runner": {"n_workers": 0}}, "runner: n_workers must be >= 1, got 0"),
+    ({"runner": {"n_workers": 0}}, "runner.n_workers must be >= 1, got 0"),
     ({"runner": {"in_process": 1}}, "runner.in_process must be true or false, got 1"),
     ({"runner": {"scheduler_address": "localhost"}}, "scheduler_address must look like tcp://host:port"),
     ({"shapes": {"splits": {"train": -5}}}, "splits.train must be a positive image count, got -5"),
@@ -52,6 +55,17 @@ def test_missing_and_malformed_files_name_the_file(tmp_path):
     bad.write_text("dataset: [unclosed\n")
     with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
         load_params(bad)
+
+
+def test_bad_yaml_is_one_line_with_the_position(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [unclosed\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(bad)
+    assert str(info.value) == (
+        f"{bad}: not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"
+        " (while parsing a flow sequence at line 1, column 10)"
+    )
 
 
 def test_empty_file_means_all_defaults(tmp_path):
@@ -81,3 +95,163 @@ def test_presets_switch_the_dataset_and_keep_comments(tmp_path):
     with pytest.raises(ParamsError, match="unknown preset 'pascal'; available: coco, shapes, voc"):
         apply_preset(path, "pascal")
     assert yaml.safe_load(path.read_text())["dataset"]["kind"] == "folder"
+
+
+# --- reading the file: encodings, top-level shape, duplicate keys, non-string keys ---
+
+SHARD_3 = "# a comment\nprepare:\n  shard_images: 3\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_params_files_are_read_as_utf8_or_by_their_bom(tmp_path, encoding):
+    path = tmp_path / "params.yaml"
+    bom = "\ufeff" if encoding in ("utf-16-le", "utf-16-be") else ""  # 'utf-16' and 'utf-32' write their own BOM
+    path.write_bytes((bom + SHARD_3 + "dataset:\n  root: données\n").encode(encoding))
+    params = load_params(path)
+    assert (params.prepare.shard_images, params.dataset.root) == (3, "données")
+
+
+def test_an_undecodable_params_file_is_one_error_naming_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("dataset:\n  root: données\n".encode("latin-1"))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: expected UTF-8 (or UTF-16 with a BOM) text")
+    assert "byte 21 is not valid UTF-8" in message and "\n" not in message  # the é of données
+    truncated = tmp_path / "truncated.yaml"
+    truncated.write_bytes("prepare: {}\n".encode("utf-16")[:-1])  # a UTF-16 BOM, then an odd byte count
+    with pytest.raises(ParamsError, match=r"truncated\.yaml: expected UTF-8 \(or UTF-16 with a BOM\) text, but "
+                                          r"byte 24 is not valid UTF-16 \(truncated data"):
+        load_params(truncated)
+
+
+def test_a_preset_applies_to_a_utf16_params_file_and_writes_utf8(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_text(encoding="utf-8").encode("utf-16"))
+    apply_preset(path, "voc", root="/data/VOC2012")
+    params = load_params(path)
+    assert (params.dataset.kind, params.dataset.root) == ("voc", "/data/VOC2012")
+    path.read_bytes().decode("utf-8")  # written back as plain UTF-8 (no BOM)
+    assert not path.read_bytes().startswith(b"\xef\xbb\xbf")
+    apply_preset(path, "shapes")
+    assert path.read_text(encoding="utf-8") == (ROOT / "params.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("text, found", [
+    ("false\n", "false"),
+    ("0\n", "an integer: 0"),
+    ("[]\n", "a list: []"),
+    ("voc\n", "a string: 'voc'"),
+    ("1.5\n", "a number: 1.5"),
+    ("- dataset\n- runner\n", "a list: ['dataset', 'runner']"),
+])
+def test_only_an_empty_file_means_all_defaults(tmp_path, text, found):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(info.value) == (
+        f"{path}: expected a mapping of params sections (dataset:, runner:, ...) or an empty file, got {found}"
+    )
+    with pytest.raises(ParamsError, match="expected a mapping of params sections"):
+        parse_params(yaml.safe_load(text), "params.yaml")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"prepare": {1: "a", "foo": "b"}}, "key 1 (an integer) in prepare: keys must be strings; valid keys in prepare: on_error, shard_images"),
+    ({True: 1, "dataset": {}}, "key True (true or false) at the top level: keys must be strings (YAML reads unquoted "
+                               "yes/no/on/off as true/false: quote the key); valid keys: dataset,"),
+    ({"shapes": {"world": {None: 1, "image_size": 64}}}, "key None (null) in shapes.world: keys must be strings"),
+    ({"shapes": {"splits": {1: 5, "val": 3}}}, "key 1 (an integer) in shapes.splits: keys must be strings"),
+])
+def test_non_string_keys_are_rejected_by_name(data, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(data, "params.yaml")
+    assert str(info.value).startswith("params.yaml: " + message)
+
+
+def test_non_string_keys_in_a_file_are_rejected_by_name(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("prepare:\n  1: a\n  foo: b\n")
+    with pytest.raises(ParamsError, match=r"p\.yaml: key 1 \(an integer\) in prepare: keys must be strings"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runner:\n  n_workers: 2\nprepare: {}\nrunner:\n  n_workers: 3\n", "duplicate key runner on lines 1 and 4"),
+    (SHARD_3 + "  on_error: skip\n  shard_images: 4\n", "duplicate key prepare.shard_images on lines 3 and 5"),
+    ("shapes:\n  splits:\n    train: 1\n    val: 2\n    train: 3\n", "duplicate key shapes.splits.train on lines 3 and 5"),
+    ("shapes: {world: {image_size: 64, image_size: 32}}\n", "duplicate key shapes.world.image_size on lines 1 and 1"),
+])
+def test_duplicate_keys_are_rejected_with_both_lines(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+    with pytest.raises(ParamsError) as info:
+        apply_preset(path, "voc")
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "x-base: &base {n_workers: 3, threads_per_worker: 2}\n"
+        "x-mid: &mid {<<: *base, n_workers: 4}\n"
+        "runner: {<<: *mid, threads_per_worker: 5}\n"
+    )
+    with pytest.raises(ParamsError, match="unknown key x-base"):  # merged, not reported as duplicates
+        load_params(path)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"prepare": {"shard_images": -3}}, "params.yaml: prepare.shard_images must be >= 1, got -3"),
+    ({"runner": {"n_workers": 0}}, "params.yaml: runner.n_workers must be >= 1, got 0"),
+    ({"shapes": {"world": {"image_size": 16}}}, "params.yaml: shapes.world.image_size must be an int >= 32, got 16"),
+    ({"shapes": {"world": {"min_scale": 0.3, "max_scale": 0.2}}},
+     "params.yaml: shapes.world.max_scale must be a number in [min_scale (0.3), 0.5], got 0.2"),
+    ({"shapes": {"splits": {"train": -5}}}, "params.yaml: shapes.splits.train must be a positive image count, got -5"),
+    ({"shapes": {"splits": {"a b": 5}}},
+     "params.yaml: shapes.splits: split name 'a b' must be letters, digits and '_'"),
+])
+def test_post_init_errors_name_the_dotted_key(data, message):
+    with pytest.raises(ParamsError) as info:
+        parse_params(data, "params.yaml")
+    assert str(info.value) == message
+
+
+def test_a_section_error_not_about_a_field_keeps_the_section_name():
+    from pipeline.params.schema import build
+
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        size: int = 1
+
+        def __post_init__(self) -> None:
+            if self.size > 9:
+                raise ValueError(f"too big: size {self.size} > 9")
+
+    with pytest.raises(ParamsError) as info:
+        build(Section, {"size": 10}, "section")
+    assert str(info.value) == "section: too big: size 10 > 9"
+
+
+def test_loading_params_does_not_import_torch(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prepare:\n  shard_images: -3\n")
+    code = (
+        "import sys\n"
+        "from pipeline.params import ParamsError, load_params\n"
+        "try:\n"
+        "    load_params(sys.argv[1])\n"
+        "except ParamsError as err:\n"
+        "    print(err)\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'open_clip', 'transformers') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"{bad}: prepare.shard_images must be >= 1, got -3" in run.stdout
+    assert "heavy: []" in run.stdout  # validating params stays cheap: no torch, diffusers or open_clip

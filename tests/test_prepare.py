@@ -1,4 +1,5 @@
-"""The prepare stage's library half: index contents match planted data; bad data leaves no index."""
+"""The prepare stage: index contents match planted data; bad data leaves no index; a resumed run never
+keeps results of files that changed."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from pipeline.params import parse_params
 from pipeline.runner import ImageFailures
 from pipeline.store.dataset_index import DatasetIndex
+from pipeline.skeleton import run_stage
 from pipeline.store.image_store import StoreError
-from pipeline.data.prepare import prepare_index
+from stages import prepare
 from tests.datasets_factory import VOC_SPLITS, build_voc, write_mask, banded_mask
 
 
@@ -21,6 +23,11 @@ def voc_params(root, **prepare):
         "runner": {"in_process": True},
         "prepare": {"shard_images": 2, **prepare},
     })
+
+
+def prepare_index(params, out):
+    counts, _ = run_stage(prepare.SPEC, prepare.body, params=params, params_path=None, paths={"index": out})
+    return counts
 
 
 def test_index_holds_planted_labels_sizes_and_split_order(tmp_path):
@@ -37,7 +44,7 @@ def test_index_holds_planted_labels_sizes_and_split_order(tmp_path):
             want = {v for v in planted[image_id] if v not in (0, 255)}
             assert set(np.flatnonzero(labels[row]) + 1) == want
             assert tuple(sizes[row]) == samples[image_id].mask.shape
-    assert index.meta["dataset_kind"] == "voc" and index.meta["stage"] == "prepare"
+    assert index.meta["dataset_kind"] == "voc" and index.meta["provenance"]["stage"] == "prepare"
     assert len(index.fingerprint) == 64
 
 
@@ -88,3 +95,23 @@ def test_missing_split_fails_before_any_work(tmp_path):
     with pytest.raises(Exception, match="train_aug"):
         prepare_index(params, tmp_path / "index")
     assert not (tmp_path / "index").exists()
+
+
+def test_a_resumed_run_recomputes_images_whose_files_changed(tmp_path):
+    """Fix a bad file and correct another image's mask, rerun: the result equals a fresh run's."""
+    samples = build_voc(tmp_path / "voc")
+    jpeg = tmp_path / "voc" / "JPEGImages" / "2007_000039.jpg"
+    good = jpeg.read_bytes()
+    jpeg.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageFailures):
+        prepare_index(voc_params(tmp_path / "voc"), tmp_path / "index")  # the other images are recorded
+    jpeg.write_bytes(good)
+    sample = samples["2007_000121"]
+    write_mask(sample.mask_path, banded_mask(*sample.mask.shape, (0, 9)))
+    prepare_index(voc_params(tmp_path / "voc"), tmp_path / "index")
+    prepare_index(voc_params(tmp_path / "voc"), tmp_path / "fresh")
+    resumed, fresh = DatasetIndex.load(tmp_path / "index"), DatasetIndex.load(tmp_path / "fresh")
+    assert np.flatnonzero(resumed.labels("val")[resumed.ids("val").index("2007_000121")]).tolist() == [8]
+    assert resumed.fingerprint == fresh.fingerprint
+    for split in ("train", "val"):
+        assert resumed.digests(split) == fresh.digests(split)

@@ -1,10 +1,9 @@
-"""The runner on a real LocalCluster: same bytes as in-process, failures collected, resume after kill -9."""
+"""The runner on a real LocalCluster: same bytes as in-process, failures collected, resume after kill -9,
+changed inputs recomputed, existing clusters used."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,18 @@ import pytest
 from pipeline.params import RunnerParams
 from pipeline.runner import ImageFailures, Runner, run_per_image
 from pipeline.store.image_store import ImageStore
-from tests.kill_run import kill_when_part_way
+from tests.kill_run import run_killed_after
 from tests.runner_tasks import SPECS, PlantedTask, computed_ids, expected
 
-ROOT = Path(__file__).resolve().parent.parent
-STAMP = {"stage": "test", "params_hash": "abc"}
-SCRIPT_STAMP = {"stage": "t", "params_hash": "p"}  # what tests/runner_script.py stamps
 
-
-def make_store(path: Path, n: int, shard: int) -> ImageStore:
+def make_store(path: Path, n: int, shard: int, key: str = "abc") -> ImageStore:
     ids = [f"img_{i:04d}" for i in range(n)]
-    return ImageStore.create_or_resume(path, ids=ids, specs=SPECS, attrs=STAMP, shard_images=shard)
+    return ImageStore.create_or_resume(path, ids=ids, specs=SPECS, key=key, attrs={"stage": "test"}, shard_images=shard)
 
 
-def assert_planted(store: ImageStore) -> None:
+def assert_planted(store: ImageStore, changed=()) -> None:
     for i, image_id in enumerate(store.ids()):
-        want = expected(image_id)
+        want = expected(image_id, "v2" if image_id in changed else "")
         np.testing.assert_array_equal(store.read("x", i), want["x"])
         assert store.read("k", i) == want["k"]
 
@@ -40,7 +35,7 @@ def tree_bytes(path: Path) -> dict[str, bytes]:
 def test_local_cluster_writes_the_same_bytes_as_one_process(tmp_path):
     single = make_store(tmp_path / "single.zarr", 23, shard=4)
     report = run_per_image(PlantedTask(), single, RunnerParams(in_process=True))
-    assert report.computed == 23 and report.already_done == 0
+    assert report.computed == 23 and report.reused == 0
     single.mark_complete()
 
     with Runner(RunnerParams(n_workers=2)) as runner:
@@ -70,7 +65,7 @@ def test_failed_images_are_listed_and_only_they_are_retried(tmp_path):
     log2.mkdir()
     report = run_per_image(PlantedTask(log_dir=str(log2)), store, RunnerParams(in_process=True))
     assert sorted(computed_ids(log2)) == list(bad)
-    assert report.computed == 2 and report.already_done == 8
+    assert report.computed == 2 and report.reused == 8
     store.mark_complete()
     assert_planted(store)
 
@@ -79,23 +74,21 @@ def test_resume_after_kill_computes_only_missing_images(tmp_path):
     n, shard = 48, 8
     store_path, log1 = tmp_path / "k.zarr", tmp_path / "log1"
     log1.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.runner_script", str(store_path), str(n), str(shard), "0.15", str(log1)],
-        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    kill_when_part_way(proc, store_path, min_done=shard, min_staged=2, timeout=120)
+    run_killed_after(["-m", "tests.runner_script", str(store_path), str(n), str(shard), str(log1)], images=20)
 
     store = ImageStore.open(store_path, require_complete=False)
     assert not store.attrs["complete"]
     staging = store_path.with_name(store_path.name + ".staging")
+    (staging / ".7.4242.tmp").write_bytes(b"half-written")  # a write the kill interrupted
     done = store.done()
-    staged = {int(p.stem) for p in staging.glob("*.npz") if store.load_staged(int(p.stem)) is not None}
-    kept = {image_id for i, image_id in enumerate(store.ids()) if done[i] or i in staged}
-    assert 0 < len(kept) < n
+    kept = {image_id for i, image_id in enumerate(store.ids())
+            if done[i] or (i in store.staged_indices() and store.load_staged(i) is not None)}
+    assert 20 <= len(kept) < n and done.sum() >= shard
 
     log2 = tmp_path / "log2"
     log2.mkdir()
-    store = ImageStore.create_or_resume(store_path, ids=store.ids(), specs=SPECS, attrs=SCRIPT_STAMP, shard_images=shard)
+    store = ImageStore.create_or_resume(store_path, ids=store.ids(), specs=SPECS, key="p", attrs={"stage": "t"},
+                                        shard_images=shard)
     report = run_per_image(PlantedTask(log_dir=str(log2)), store, RunnerParams(n_workers=2))
     recomputed = computed_ids(log2)
     assert report.computed == len(recomputed) == n - len(kept), "the rerun recomputed work that was already durable"
@@ -103,6 +96,24 @@ def test_resume_after_kill_computes_only_missing_images(tmp_path):
     store.mark_complete()
     assert_planted(store)
     assert not staging.exists()
+
+
+def test_only_images_whose_inputs_changed_are_recomputed(tmp_path):
+    store = make_store(tmp_path / "s.zarr", 9, shard=4)
+    run_per_image(PlantedTask(), store, RunnerParams(in_process=True))
+    store.mark_complete()
+    log = tmp_path / "log"
+    log.mkdir()
+    again = make_store(tmp_path / "s.zarr", 9, shard=4)  # same key: the finished store is reused
+    changed = ("img_0002", "img_0008")
+    report = run_per_image(PlantedTask(log_dir=str(log), changed=changed), again, RunnerParams(in_process=True))
+    assert sorted(computed_ids(log)) == list(changed)
+    assert report.computed == 2 and report.reused == 7
+    again.mark_complete()
+    assert_planted(again, changed)
+    unchanged = run_per_image(PlantedTask(log_dir=str(log), changed=changed), make_store(tmp_path / "s.zarr", 9, 4),
+                              RunnerParams(in_process=True))
+    assert unchanged.computed == 0 and unchanged.reused == 9
 
 
 @pytest.mark.parametrize("via", ["params", "env"])

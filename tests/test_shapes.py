@@ -56,8 +56,12 @@ def test_render_scene_is_pure():
 
 def test_generate_dataset_is_byte_identical_across_worker_counts(tmp_path):
     splits = {"train": 12, "val": 8}
-    generate_dataset(tmp_path / "a", splits=splits, seed=5, config=ShapesConfig(), workers=1, progress=False)
-    generate_dataset(tmp_path / "b", splits=splits, seed=5, config=ShapesConfig(), workers=2, progress=False)
+    from pipeline.params import RunnerParams
+    from pipeline.runner import Runner
+
+    generate_dataset(tmp_path / "a", splits=splits, seed=5, config=ShapesConfig())
+    with Runner(RunnerParams(n_workers=2)) as runner:  # rendered on a 2-worker LocalCluster, out of order
+        generate_dataset(tmp_path / "b", splits=splits, seed=5, config=ShapesConfig(), map_chunks=runner.map)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
@@ -67,7 +71,7 @@ def test_generate_dataset_is_byte_identical_across_worker_counts(tmp_path):
 
 def test_layout_contents_match_rendered_scenes(tmp_path):
     config = ShapesConfig(jpeg_quality=90)
-    generate_dataset(tmp_path / "w", splits={"train": 3, "val": 2}, seed=9, config=config, workers=1, progress=False)
+    generate_dataset(tmp_path / "w", splits={"train": 3, "val": 2}, seed=9, config=config)
     root = tmp_path / "w"
     ids = (root / "ImageSets/Segmentation/val.txt").read_text().splitlines()
     assert ids == ["val_000000", "val_000001"]
@@ -88,9 +92,8 @@ def test_layout_contents_match_rendered_scenes(tmp_path):
 
 
 def test_extending_a_split_keeps_existing_files(tmp_path):
-    generate_dataset(tmp_path / "small", splits={"train": 3}, seed=1, config=ShapesConfig(), progress=False, workers=1)
-    generate_dataset(tmp_path / "big", splits={"val": 2, "train": 5}, seed=1, config=ShapesConfig(), progress=False,
-                     workers=1)
+    generate_dataset(tmp_path / "small", splits={"train": 3}, seed=1, config=ShapesConfig())
+    generate_dataset(tmp_path / "big", splits={"val": 2, "train": 5}, seed=1, config=ShapesConfig())
     small, big = _tree(tmp_path / "small"), _tree(tmp_path / "big")
     for i in range(3):
         for path in (f"JPEGImages/train_00000{i}.jpg", f"SegmentationClass/train_00000{i}.png"):
@@ -103,9 +106,9 @@ def test_refuses_to_overwrite_a_non_empty_root(tmp_path):
     root.mkdir()
     (root / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="world"):
-        generate_dataset(root, splits={"train": 2}, seed=0, config=ShapesConfig(), progress=False, workers=1)
+        generate_dataset(root, splits={"train": 2}, seed=0, config=ShapesConfig())
     assert (root / "keep.txt").read_text() == "mine"
-    generate_dataset(root, splits={"train": 2}, seed=0, config=ShapesConfig(), progress=False, workers=1,
+    generate_dataset(root, splits={"train": 2}, seed=0, config=ShapesConfig(),
                      overwrite=True)
     assert not (root / "keep.txt").exists() and (root / "JPEGImages/train_000001.jpg").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no temporary or old siblings left
@@ -113,7 +116,7 @@ def test_refuses_to_overwrite_a_non_empty_root(tmp_path):
 
 def test_an_empty_root_directory_is_filled(tmp_path):
     (tmp_path / "world").mkdir()
-    generate_dataset(tmp_path / "world", splits={"train": 1}, seed=0, config=ShapesConfig(), progress=False, workers=1)
+    generate_dataset(tmp_path / "world", splits={"train": 1}, seed=0, config=ShapesConfig())
     assert (tmp_path / "world/shapes_world.json").is_file()
 
 
@@ -128,8 +131,7 @@ def test_an_interrupted_run_leaves_no_root(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shapes, "save_scene", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        generate_dataset(tmp_path / "world", splits={"train": 10}, seed=0, config=ShapesConfig(), progress=False,
-                         workers=1)
+        generate_dataset(tmp_path / "world", splits={"train": 10}, seed=0, config=ShapesConfig())
     assert len(calls) == 4
     assert list(tmp_path.iterdir()) == []
 
@@ -282,5 +284,5 @@ def test_config_stores_numbers_as_declared():
 ])
 def test_generate_dataset_rejects_bad_arguments(tmp_path, splits, seed, match):
     with pytest.raises(ValueError, match=match):
-        generate_dataset(tmp_path / "w", splits=splits, seed=seed, config=ShapesConfig(), progress=False)
+        generate_dataset(tmp_path / "w", splits=splits, seed=seed, config=ShapesConfig())
     assert not (tmp_path / "w").exists()

@@ -13,20 +13,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pipeline.cam import class_prompts, encode_prompts, encode_text_trimmed, presence_scores
+from pipeline.data.shapes import CLASS_NAMES
 from pipeline.metrics import presence_auc
-from pipeline.models import load_clip
-from pipeline.models.eval_clip import (
-    SceneSet,
-    choose_threshold,
-    class_prompts,
-    encode_prompts,
-    encode_text_trimmed,
-    presence_scores,
-    render_scenes,
-)
-from pipeline.models.train_clip import (
+from pipeline.models import TINY_CLIP_DIR, load_clip, load_shipped_clip
+from pipeline.tiny.eval_clip import SceneSet, choose_threshold, render_scenes
+from pipeline.tiny.manifest import MANIFEST_NAME
+from pipeline.tiny.train_clip import (
     CHECKPOINT_NAME,
-    MANIFEST_NAME,
     ClipPretrainConfig,
     caption,
     class_set_keys,
@@ -181,9 +175,17 @@ def test_shipped_checkpoint_loads_exactly_and_recognises_held_out_scenes():
     loaded = load_clip(TINY_CLIP, str(checkpoint), device="cpu")
     verify_checkpoint(loaded.model, checkpoint)
     scenes = render_scenes("clip_quality_check", 150)  # a split name no training or evaluation uses
-    text = encode_prompts(loaded.model, loaded.tokenizer, class_prompts())
-    aucs = presence_auc(presence_scores(loaded.model, scenes, text), scenes.labels)
+    text = encode_prompts(loaded.model, loaded.tokenizer, class_prompts(CLASS_NAMES))
+    aucs = presence_auc(presence_scores(loaded.model, scenes.images, text), scenes.labels)
     assert np.nanmean(aucs) > 0.8, aucs
+
+
+def test_shipped_clip_loads_from_any_working_directory(tmp_path, monkeypatch):
+    assert TINY_CLIP_DIR.is_absolute() and TINY_CLIP_DIR == SHIPPED
+    monkeypatch.chdir(tmp_path)  # nothing may depend on being run from the repository root
+    clip = load_shipped_clip()
+    assert clip.model_name == TINY_CLIP and clip.pretrained == str(SHIPPED / CHECKPOINT_NAME)
+    verify_checkpoint(clip.model, SHIPPED / CHECKPOINT_NAME)
 
 
 def test_pretrain_clip_command_trains_and_evaluates(tmp_path):

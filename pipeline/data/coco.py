@@ -20,6 +20,7 @@ from pipeline.data.layout import (
     ids_from_folder,
     read_class_names,
     read_split_ids,
+    refuse_broken_link,
     require_dir,
 )
 
@@ -37,6 +38,8 @@ def resolve_coco(root: Path, split: str, class_names_file: Path | None) -> Resol
     image_dir = require_dir(root / IMAGE_DIR / subdir, "image folder")
     mask_dir = require_dir(root / MASK_DIR / subdir, "mask folder")
     split_file = root / SPLIT_DIR / f"{split}.txt"
+    # A broken link is no reason to fall back to listing the image folder.
+    refuse_broken_link(split_file, "split list", context=f"split {split!r}: ")
     if split_file.is_file():
         ids = read_split_ids(split_file)
     else:

@@ -112,6 +112,10 @@ class SegmentationDataset:
         mask = decode_mask(read_bytes(path, "mask"), path)
         return labels_from_mask(mask, self.num_classes, path)
 
+    def digest(self, image_id: str) -> bytes:
+        """sha256 of the image and mask file bytes: what an image's index record is computed from."""
+        return pair_digest(read_bytes(self.image_path(image_id), "image"), read_bytes(self.mask_path(image_id), "mask"))
+
     def validate(self, image_id: str) -> ImageRecord:
         """Run every per-image check (files exist, full decodes, mask mode and values,
         image/mask sizes agree); each file is read once."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from pipeline.data.layout import IGNORE_INDEX, DatasetError
 
@@ -25,6 +26,9 @@ _DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 _MASK_MODES = ("P", "L")
+# An object repr such as "<_io.BytesIO object at 0x7f...>" inside an exception message.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+_HINT_BYTES = 20  # leading bytes shown when a file is no image at all
 
 
 def read_bytes(path: Path, what: str) -> bytes:
@@ -46,11 +50,32 @@ def _decode(data: bytes, path: Path, what: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+    except UnidentifiedImageError as err:
+        raise DatasetError(f"{what} {path} is not a readable image: {_unidentified(data, err)}") from err
     except _DECODE_ERRORS as err:
         raise DatasetError(
-            f"unreadable or truncated {what} {path}: {type(err).__name__}: {err}"
+            f"{what} {path} is not a readable image (corrupt or truncated): "
+            f"PIL reported {_pil_report(err)}"
         ) from err
     return image
+
+
+def _unidentified(data: bytes, err: Exception) -> str:
+    """Why PIL recognised no image format, with the first bytes as a hint (a text file, an
+    HTML error page or a Git LFS pointer shows at a glance)."""
+    if not data:
+        return "the file is empty (0 bytes)"
+    return f"PIL reported {_pil_report(err)} (the file starts with {data[:_HINT_BYTES]!r})"
+
+
+def _pil_report(err: BaseException) -> str:
+    """``Type: message`` of a PIL error on one line, minus object reprs.
+
+    PIL decodes from an in-memory buffer here, so its messages name
+    ``<_io.BytesIO object at 0x...>`` instead of the file; the caller names the path.
+    """
+    text = " ".join(_OBJECT_REPR.sub("", str(err)).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def decode_image(data: bytes, path: Path) -> np.ndarray:

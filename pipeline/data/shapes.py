@@ -36,19 +36,18 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import secrets
-import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from PIL import Image
 
 from pipeline.data import shapes_render
+from pipeline.data.palette import voc_palette
+from pipeline.data.shapes_config import ShapesConfig
+from pipeline import atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,76 +66,6 @@ MASK_DIR = "SegmentationClass"
 SPLIT_DIR = "ImageSets/Segmentation"
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CHUNK = 128              # images per worker task
-
-
-@dataclass(frozen=True)
-class ShapesConfig:
-    """Every knob of the shapes world. Sizes and scales are fractions of `image_size` unless noted."""
-
-    image_size: int = 64                  # side of the square images, in pixels (>= 32)
-    min_objects: int = 1                  # fewest objects placed in a scene (>= 1)
-    max_objects: int = 3                  # most objects placed in a scene (before occlusion drops)
-    min_visible: float = 0.3              # drop an object whose visible share of its drawn area is below this
-    min_visible_area: float = 0.004       # ... or whose visible area is below this fraction of the image
-    min_scale: float = 0.08               # smallest object radius; radii are log-uniform in [min, max]
-    max_scale: float = 0.35               # largest object radius
-    hue_jitter: float = 0.10              # instance hue = class hue centre +- this (ranges overlap at 0.1)
-    boat_water_prob: float = 0.9          # P(water band | a boat is placed)
-    water_without_boat_prob: float = 0.1  # P(water band | no boat is placed)
-    min_water_height: float = 0.3         # height of the water band along the bottom edge
-    max_water_height: float = 0.55
-    max_texture_distractors: int = 2      # 0..this blobs filled with a random class's texture per scene
-    max_hue_distractors: int = 2          # 0..this plain blobs in a random class's hue per scene
-    min_distractor_scale: float = 0.06    # distractor blob radius range
-    max_distractor_scale: float = 0.18
-    min_clutter: int = 2                  # thin lines and small squares on the background, per scene
-    max_clutter: int = 6
-    stripe_prob: float = 0.6              # probability of a stripe layer on the background
-    min_noise_std: float = 0.01           # per-pixel Gaussian noise std (RGB in [0, 1]) range
-    max_noise_std: float = 0.06
-    jpeg_quality: int = 95                # JPEG quality of the written images (4:4:4, baseline)
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int):
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                    raise ValueError(f"{f.name} must be an int, got {value!r}")
-                object.__setattr__(self, f.name, int(value))
-            else:  # floats: accept ints, store floats so that the recorded config has stable bytes
-                if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                        or not math.isfinite(value):
-                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-                object.__setattr__(self, f.name, float(value))
-        _at_least(self, "image_size", 32, "an int >= 32")
-        _at_least(self, "min_objects", 1, "an int >= 1")
-        _at_least(self, "max_objects", self.min_objects, f"an int in [min_objects ({self.min_objects}), 255]",
-                  hi=255)
-        _at_least(self, "jpeg_quality", 1, "an int in [1, 100]", hi=100)
-        for name in ("min_visible", "boat_water_prob", "water_without_boat_prob", "stripe_prob"):
-            _at_least(self, name, 0.0, "a number in [0, 1]", hi=1.0)
-        _at_least(self, "min_visible_area", 0.0, "a number in [0, 0.5]", hi=0.5)
-        _at_least(self, "hue_jitter", 0.0, "a number in [0, 0.5]", hi=0.5)
-        for name in ("max_texture_distractors", "max_hue_distractors", "min_clutter"):
-            _at_least(self, name, 0, "an int >= 0")
-        _at_least(self, "max_clutter", self.min_clutter, f"an int >= shapes.min_clutter ({self.min_clutter})")
-        for lo, hi, top in (("min_scale", "max_scale", 0.5), ("min_distractor_scale", "max_distractor_scale", 0.5),
-                            ("min_water_height", "max_water_height", 0.9)):
-            _range(self, lo, hi, top, zero_ok=False)
-        _range(self, "min_noise_std", "max_noise_std", 0.5, zero_ok=True)
-
-
-def _at_least(cfg: ShapesConfig, name: str, lo: float, expected: str, hi: float | None = None) -> None:
-    value = getattr(cfg, name)
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-
-
-def _range(cfg: ShapesConfig, lo: str, hi: str, top: float, *, zero_ok: bool) -> None:
-    low = getattr(cfg, lo)
-    if not (0.0 <= low if zero_ok else 0.0 < low) or low > top:
-        raise ValueError(f"{lo} must be a number in {'[' if zero_ok else '('}0, {top}], got {low!r}")
-    _at_least(cfg, hi, low, f"a number in [{lo} ({low}), {top}]", hi=top)
 
 
 @dataclass(frozen=True)
@@ -263,21 +192,6 @@ def image_id(split: str, index: int) -> str:
     return f"{split}_{index:0{ID_WIDTH}d}"
 
 
-def voc_palette() -> list[int]:
-    """The standard PASCAL VOC colour map, 256 RGB entries flattened (class k's colour from bits of k)."""
-    palette = []
-    for k in range(256):
-        r = g = b = 0
-        c = k
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 _PALETTE = voc_palette()
 
 
@@ -290,7 +204,8 @@ def save_scene(root: Path, name: str, scene: Scene, jpeg_quality: int) -> None:
     mask.save(root / MASK_DIR / f"{name}.png", format="PNG", optimize=False, compress_level=6)
 
 
-def _render_chunk(root: str, split: str, start: int, stop: int, seed: int, config: ShapesConfig) -> int:
+def _render_chunk(chunk: tuple[str, str, int, int, int, ShapesConfig]) -> int:
+    root, split, start, stop, seed, config = chunk
     out = Path(root)
     for index in range(start, stop):
         save_scene(out, image_id(split, index), render_scene(scene_seed(seed, split, index), config),
@@ -316,8 +231,11 @@ def world_record(*, splits: Mapping[str, int], seed: int, config: ShapesConfig) 
     return json.dumps(record, sort_keys=True, indent=2) + "\n"
 
 
+Mapper = Callable[..., list]  # (fn, items, *, desc, unit, weights) -> [fn(x) for x in items], e.g. Runner.map
+
+
 def generate_dataset(root: str | Path, *, splits: Mapping[str, int], seed: int, config: ShapesConfig,
-                     workers: int = 2, progress: bool = True, overwrite: bool = False) -> None:
+                     map_chunks: Mapper | None = None, overwrite: bool = False) -> None:
     """Write the shapes world in VOC layout under `root`:
 
         root/JPEGImages/{id}.jpg, root/SegmentationClass/{id}.png (palette PNG, values 0..C),
@@ -325,79 +243,38 @@ def generate_dataset(root: str | Path, *, splits: Mapping[str, int], seed: int, 
 
     with ids f"{split}_{index:06d}". Atomic: everything is written into a hidden temporary sibling that
     is renamed to `root` at the end, so an interrupted run leaves no `root`. An existing non-empty `root`
-    is refused unless `overwrite=True`. Renders with `workers` processes (1: in this process).
+    is refused unless `overwrite=True`. Chunks of scenes are rendered through `map_chunks` (the
+    pipeline's runner, so the same workers and progress bar as every stage); None renders here.
     """
     root = Path(root)
     splits = _check_splits(splits)
     seed = _natural("shapes seed", seed)
     if not isinstance(config, ShapesConfig):
         raise TypeError(f"config must be a ShapesConfig, got {type(config).__name__}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if _occupied(root) and not overwrite:
         raise FileExistsError(f"{root} already exists and is not empty; pass overwrite=True to replace it")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> None:
         for sub in (IMAGE_DIR, MASK_DIR, SPLIT_DIR):
             (tmp / sub).mkdir(parents=True)
-        total = sum(splits.values())
-        log.info("rendering %d shapes-world images (%s) at %d px with %d worker(s) into %s",
-                 total, ", ".join(f"{k}={v}" for k, v in splits.items()), config.image_size, workers, root)
-        tasks = [(str(tmp), split, start, min(start + _CHUNK, count), seed, config)
-                 for split, count in splits.items() for start in range(0, count, _CHUNK)]
-        _run_tasks(tasks, total, workers, progress)
+        log.info("rendering %d shapes-world images (%s) at %d px into %s", sum(splits.values()),
+                 ", ".join(f"{k}={v}" for k, v in splits.items()), config.image_size, root)
+        chunks = [(str(tmp), split, start, min(start + _CHUNK, count), seed, config)
+                  for split, count in splits.items() for start in range(0, count, _CHUNK)]
+        if map_chunks is None:
+            [_render_chunk(c) for c in chunks]
+        else:
+            map_chunks(_render_chunk, chunks, desc="shapes world", unit="img", weights=[c[3] - c[2] for c in chunks])
         for split, count in splits.items():
-            _write_text(tmp / SPLIT_DIR / f"{split}.txt", "".join(image_id(split, i) + "\n" for i in range(count)))
-        _write_text(tmp / CLASS_NAMES_FILE, "".join(name + "\n" for name in CLASS_NAMES))
-        _write_text(tmp / WORLD_FILE, world_record(splits=splits, seed=seed, config=config))
-        _move_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote %d shapes-world images to %s", total, root)
+            (tmp / SPLIT_DIR / f"{split}.txt").write_bytes("".join(image_id(split, i) + "\n" for i in range(count)).encode())
+        (tmp / CLASS_NAMES_FILE).write_bytes("".join(name + "\n" for name in CLASS_NAMES).encode())
+        (tmp / WORLD_FILE).write_bytes(world_record(splits=splits, seed=seed, config=config).encode())
 
-
-def _run_tasks(tasks: list[tuple], total: int, workers: int, progress: bool) -> None:
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="img", desc="shapes world", disable=not progress) as bar:
-        if workers == 1:
-            for task in tasks:
-                bar.update(_render_chunk(*task))
-            return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_render_chunk, *task) for task in tasks]
-            try:
-                for future in as_completed(futures):
-                    bar.update(future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+    atomic.write_with(root, write)
+    log.info("wrote %d shapes-world images to %s", sum(splits.values()), root)
 
 
 def _occupied(path: Path) -> bool:
     if not path.exists() and not path.is_symlink():
         return False
     return not path.is_dir() or any(path.iterdir())
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_bytes(text.encode("utf-8"))
-
-
-def _move_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished `tmp` to `root`, replacing whatever is there (the caller checked overwrite)."""
-    if not root.exists() and not root.is_symlink():
-        tmp.rename(root)
-        return
-    old = root.parent / f".{root.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    root.rename(old)
-    tmp.rename(root)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()

@@ -367,9 +367,15 @@ def image_noise_seed(base_seed: int, image_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def vae_factor_from_config(vae_config: Mapping) -> int:
+    """The VAE's spatial downsampling from its config (``vae/config.json`` as a dict, or the model's
+    ``.config``): 2 per block after the first (8 for SD, 4 for the tiny SD)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def vae_factor(pipe) -> int:
-    """The VAE's spatial downsampling: 2 per block after the first (8 for SD, 4 for the tiny SD)."""
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    """The pipeline's VAE downsampling (:func:`vae_factor_from_config` of ``pipe.vae.config``)."""
+    return vae_factor_from_config(pipe.vae.config)
 
 
 def native_image_size(pipe) -> int:

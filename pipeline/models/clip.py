@@ -30,6 +30,7 @@ parameters (6.3M of them the token embedding). It uses GELU: it is trained from 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -53,6 +54,8 @@ from .hub import hf_hub_cache_dir, hub_offline, offline_remedy, unreachable_reas
 logger = logging.getLogger(__name__)
 
 TINY_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "clip"
+#: the shipped tiny CLIP (checkpoint + manifest.json), wherever the package is and whatever the cwd
+TINY_CLIP_DIR = Path(__file__).resolve().parent / "weights" / "diclip-tiny-clip"
 TINY_CLIP_MODELS: tuple[str, ...] = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
 #: params key users set to point at a local CLIP checkpoint (quoted in error messages).
 CLIP_PRETRAINED_PARAM = "models.clip.pretrained"
@@ -160,6 +163,22 @@ def load_clip(
         device=dev,
         dtype=dtype,
     )
+
+
+def load_shipped_clip(weights_dir: str | os.PathLike[str] = TINY_CLIP_DIR, *, device: str = "cpu",
+                      precision: str = "fp32") -> LoadedClip:
+    """A shipped (tiny) CLIP folder through :func:`load_clip`: the architecture and checkpoint file its
+    ``manifest.json`` names (``model_name``, ``checkpoint``), else the folder's only checkpoint file."""
+    weights_dir = Path(weights_dir)
+    manifest = json.loads((weights_dir / "manifest.json").read_text(encoding="utf-8"))
+    name = manifest.get("model_name") or manifest.get("model") or "diclip-tiny-vit-p8-64"
+    checkpoint = manifest.get("checkpoint") or manifest.get("weights") or manifest.get("file")
+    if checkpoint is None:
+        found = sorted(p.name for p in weights_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".bin"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{weights_dir}: cannot tell the checkpoint file among {found}")
+        checkpoint = found[0]
+    return load_clip(name, str(weights_dir / Path(checkpoint).name), device=device, precision=precision)
 
 
 def save_clip_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -> Path:

@@ -51,6 +51,8 @@ from .tokenizer import build_clip_tokenizer
 logger = logging.getLogger(__name__)
 
 TINY_SD_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "sd"
+#: the shipped tiny SD pipeline directory, wherever the package is and whatever the cwd
+TINY_SD_DIR = Path(__file__).resolve().parent / "weights" / "diclip-tiny-sd"
 DEFAULT_TINY_SD = "diclip-tiny-sd-d4"  # the shipped architecture; the other files are ablations
 #: params key users set to point at a local SD pipeline directory (quoted in error messages).
 SD_MODEL_PARAM = "models.sd.model"
@@ -265,6 +267,18 @@ def load_stable_diffusion(
     pipe.set_progress_bar_config(disable=not progress_bar)
     logger.info("loaded Stable Diffusion %s on %s/%s", source, dev, dtype)
     return pipe
+
+
+def untrained_unet(unet: UNet2DConditionModel, seed: int = 0) -> UNet2DConditionModel:
+    """A UNet of ``unet``'s config with fresh random weights (seeded by ``seed``, global RNG untouched),
+    in ``unet``'s dtype and on its device, in eval mode: the untrained-UNet baseline."""
+    param = next(unet.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = UNet2DConditionModel.from_config(unet.config)
+    if param.dtype != torch.float32:
+        fresh = fresh.to(dtype=param.dtype)
+    return fresh.to(param.device).eval()
 
 
 def self_attention_layers(unet: torch.nn.Module) -> list[str]:

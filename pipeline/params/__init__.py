@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from pipeline.params.schema import ParamsError, build, to_plain
+from pipeline.params.schema import ParamsError, build, parse_yaml, read_params_text, to_plain, top_level
 from pipeline.params.sections import (
     SECTIONS,
     DatasetParams,
@@ -22,23 +21,20 @@ __all__ = [
 ]
 
 
-def parse_params(data: dict | None, source: str = "params") -> Params:
-    """Validate already-parsed params data; errors name `source` and the dotted key."""
+def parse_params(data: Any, source: str = "params") -> Params:
+    """Validate already-parsed params data; errors name `source` and the dotted key.
+
+    Only None (an empty file) means all defaults: `false`, `0`, `[]` or a string is an error.
+    """
+    sections = top_level(data, source)
     try:
-        return build(Params, data or {}, "")
+        return build(Params, sections, "")
     except ParamsError as err:
         raise ParamsError(f"{source}: {err}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; a missing file or bad YAML is a ParamsError naming the file."""
+    """Read and validate params.yaml. A missing or undecodable file, bad YAML or a repeated key is a
+    ParamsError naming the file (see schema.read_params_text and schema.parse_yaml)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(data, str(path))
+    return parse_params(parse_yaml(read_params_text(path), str(path)), str(path))

@@ -1,7 +1,8 @@
 """Dataset presets: named sets of params overrides (presets/<name>.yaml) applied to params.yaml.
 
 Applying a preset edits params.yaml in place (comments and key order kept) so that the file stays
-the single source DVC tracks; the result is validated before it is written.
+the single source DVC tracks; the result is validated before it is written. Files are read with the
+same code as `load_params` (schema.read_params_text, schema.parse_yaml), so they fail the same way.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import io
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from pipeline.params.schema import ParamsError
+from pipeline.params.schema import ParamsError, parse_yaml, read_params_text, top_level
 
 PRESET_DIR = Path(__file__).with_name("presets")
 
@@ -25,11 +24,16 @@ def load_preset(name: str) -> dict[str, Any]:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ParamsError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    return yaml.safe_load(path.read_text()) or {}
+    return dict(top_level(parse_yaml(read_params_text(path), str(path)), str(path)))
 
 
 def apply_preset(params_path: str | Path, name: str, *, root: str | None = None) -> dict[str, Any]:
-    """Write preset `name` (and `root` as dataset.root) into params_path; returns {dotted key: value}."""
+    """Write preset `name` (and `root` as dataset.root) into params_path; returns {dotted key: value}.
+
+    params_path is read like `load_params` reads it (UTF-8, or UTF-16/32 with a BOM; a repeated key or
+    a top level that is not a mapping is a ParamsError before anything is merged), but it is always
+    written back as UTF-8 without a BOM: simple, and what every tool in the pipeline reads.
+    """
     from ruamel.yaml import YAML
 
     from pipeline.params import parse_params
@@ -43,11 +47,14 @@ def apply_preset(params_path: str | Path, name: str, *, root: str | None = None)
     rt.width = 4096  # long values (checkpoint paths) stay on their line
     # write None as `null`, as params.yaml spells it, not as an empty value
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    data = rt.load(params_path.read_text()) if params_path.exists() else {}
+    text = read_params_text(params_path) if params_path.exists() else ""
+    top_level(parse_yaml(text, str(params_path)), str(params_path))  # our errors, before ruamel's
+    data = rt.load(text)
     data = data if data is not None else {}
     changed = _merge(data, overrides, "")
-    parse_params(yaml.safe_load(_dump(rt, data)), f"{params_path} with preset {name!r}")
-    params_path.write_text(_dump(rt, data))
+    source = f"{params_path} with preset {name!r}"
+    parse_params(parse_yaml(_dump(rt, data), source), source)
+    params_path.write_text(_dump(rt, data), encoding="utf-8")
     return changed
 
 

@@ -2,7 +2,8 @@
 
 ```
 index/
-  index.json            dataset kind and root, class names, per-split counts, fingerprint, provenance
+  index.json            dataset kind, root and class-name file, class names, per-split counts, content
+                        fingerprint, provenance
                         (written last: without it the index is incomplete)
   <split>.txt           accepted image ids, one per line, in split-list order
   rejected.json         images left out with prepare.on_error=skip, by split: {id: reason}
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.store.image_store import ImageStore, StoreError
+from pipeline import atomic
+from pipeline.store.errors import StoreError
+from pipeline.store.image_store import ImageStore
 
 INDEX_JSON = "index.json"
 REJECTED_JSON = "rejected.json"
@@ -61,7 +63,7 @@ def write_index(
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     for split, ids in split_ids.items():
-        _atomic_write(index_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+        atomic.write_text(index_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     for stale in index_dir.glob("*.txt"):
         if stale.stem not in split_ids:
             stale.unlink()
@@ -69,13 +71,13 @@ def write_index(
     if records.exists():
         for stale in records.iterdir():
             if stale.name.removesuffix(".staging").removesuffix(".zarr") not in split_ids:
-                _remove(stale)
+                atomic.remove(stale)
     rejected_path = index_dir / REJECTED_JSON
     if any(rejected.values()):
-        _atomic_write(rejected_path, json.dumps({k: dict(v) for k, v in rejected.items()}, indent=1, sort_keys=True))
+        atomic.write_json(rejected_path, {k: dict(v) for k, v in rejected.items()})
     else:
         rejected_path.unlink(missing_ok=True)
-    _atomic_write(index_dir / INDEX_JSON, json.dumps(dict(meta), indent=1, sort_keys=True) + "\n")
+    atomic.write_json(index_dir / INDEX_JSON, dict(meta))
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,21 @@ class DatasetIndex:
         """(N, 2) int32 (height, width) of the accepted images, in `ids(split)` order."""
         return self._accepted(split, "size")
 
+    def digests(self, split: str) -> dict[str, bytes]:
+        """{image id: sha256 of its image and mask files} of the accepted images of `split`."""
+        return dict(zip(self.ids(split), (bytes(d) for d in self._accepted(split, "digest"))))
+
+    def dataset(self, split: str):
+        """The indexed split as a SegmentationDataset (reads its split list again from the dataset root)."""
+        from pipeline.data.datasets import open_dataset
+
+        return open_dataset(self.meta["dataset_kind"], self.meta["dataset_root"], split,
+                            class_names_file=self.meta.get("class_names_file"))
+
+    def images(self, splits: Sequence[str]) -> "SplitImages":
+        """Images and masks by id over several splits (an id names one image file in every split)."""
+        return SplitImages([self.dataset(s) for s in splits])
+
     def _accepted(self, split: str, name: str) -> np.ndarray:
         self._check_split(split)
         store = ImageStore.open(records_path(self.path, split), stage=STAGE, require_complete=False)
@@ -128,13 +145,17 @@ class DatasetIndex:
             raise StoreError(f"{self.path}: split {split!r} is not indexed (indexed: {', '.join(self.meta['splits'])})")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class SplitImages:
+    """Finds an id's image and mask in whichever of the given splits lists it first."""
 
+    def __init__(self, datasets: Sequence[Any]) -> None:
+        self.by_id: dict[str, Any] = {}
+        for ds in datasets:
+            for image_id in ds.ids:
+                self.by_id.setdefault(image_id, ds)
 
-def _remove(path: Path) -> None:
-    import shutil
+    def load_image(self, image_id: str) -> np.ndarray:
+        return self.by_id[image_id].load_image(image_id)
 
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    def load_mask(self, image_id: str) -> np.ndarray:
+        return self.by_id[image_id].load_mask(image_id)

@@ -1,19 +1,22 @@
 """Per-image artifact stores: zarr v3 groups whose arrays share a leading image axis.
 
-Why this shape: per-image stages run on many workers at once, and must survive a kill. The image
-axis is cut into blocks of `shard_images` images; each block is one zarr shard per array (one inner
-chunk per image), so a 10k-image store is a few hundred files, and a block has exactly one writer.
-Inside a block, each finished image is first staged as its own file (atomic rename), so a kill
-mid-block loses nothing already computed; the block is packed into the shards when complete, then
-its done flags are written, then its staging files are removed. A store is *complete* only when
-`attrs["complete"]` is true, which the stage sets last.
+Why this shape: per-image stages run on many workers at once and must survive a kill. The image axis
+is cut into blocks of `shard_images` images; each block is one zarr shard per array (one inner chunk
+per image), so a 10k-image store is a few hundred files, and a block has exactly one writer (the
+runner's driver). A finished image is first *staged* as its own file (atomic rename), so a kill
+loses nothing already computed; a block is packed into the shards when all its images are staged,
+then its done flags are written, then its staged files removed. Each image row also keeps the digest
+of the inputs it was computed from (`_input`): a resumed run recomputes a row whose inputs changed.
+
+A store belongs to one *key* (the provenance fingerprint of everything but the per-image inputs): a
+store with another key, other ids or another layout is never resumed, it is recreated. A store is
+*complete* when `attrs["complete"]` is true, which the stage sets last.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,15 +24,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 
+from pipeline import atomic
+from pipeline.store.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 DONE = "_done"  # (N,) uint8: 1 once the image's values are durably in every array
+INPUT = "_input"  # (N, 32) uint8: digest of the image's inputs when it was computed
 IMAGE_ID = "image_id"  # (N,) str: the dataset image id of each row
-LAYOUT_VERSION = 1
+DIGEST_BYTES = 32
+LAYOUT_VERSION = 2
 
-
-class StoreError(RuntimeError):
-    """A store is missing, incomplete, or was written with other params; the message names the path."""
+__all__ = ["ArraySpec", "ImageStore", "StoreError"]
 
 
 @dataclass(frozen=True)
@@ -45,164 +51,227 @@ class ArraySpec:
         """Return `value` as this spec's dtype, or raise naming the image and the expected shape."""
         arr = np.asarray(value)
         if arr.shape != self.shape:
-            raise ValueError(
-                f"image {image_id!r}: array {self.name!r} has shape {arr.shape}, expected {self.shape}"
-            )
+            raise ValueError(f"image {image_id!r}: array {self.name!r} has shape {arr.shape}, expected {self.shape}")
         return arr.astype(self.dtype, copy=False)
 
 
-class ImageStore:
-    """A zarr v3 group of per-image arrays with done flags, staging and a completion flag."""
+@dataclass(frozen=True)
+class FileSpec:
+    """A per-image output kept as a file, not in zarr: a (H, W) uint8 label map (any size, e.g. a
+    pseudo-label at image resolution) written as `<folder>/<image id>.png` with the VOC palette.
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
-        self.path = path
-        self.group = group
-        self.n_images: int = int(group.attrs["n_images"])
-        self.shard_images: int = int(group.attrs["shard_images"])
+    The file is written (atomically) when the image is staged, so it is as durable as the staged
+    arrays, and the store's done flag and completion flag stand for it too: a reader trusts the
+    folder only when the store is complete.
+    """
+
+    name: str
+    folder: str
+
+    def path(self, image_id: str) -> Path:
+        return Path(self.folder) / f"{image_id}.png"
+
+    def check(self, image_id: str, value: Any) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.ndim != 2 or arr.dtype != np.uint8 or 0 in arr.shape:
+            raise ValueError(f"image {image_id!r}: file output {self.name!r} must be a non-empty (H, W) uint8 "
+                             f"label map, got {arr.dtype} of shape {arr.shape}")
+        return arr
+
+    def write(self, image_id: str, value: np.ndarray) -> None:
+        from pipeline.data.palette import palette_png
+
+        atomic.write_bytes(self.path(image_id), palette_png(value))
+
+
+class ImageStore:
+    """A zarr v3 group of per-image arrays with done flags, input digests, staging and a completion flag."""
+
+    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise StoreError(f"{self.path}: no store here (run the stage that writes it first)")
+        self._group = zarr.open_group(str(self.path), mode="r+" if writable else "r")
+        attrs = self._group.attrs
+        self.n_images: int = int(attrs["n_images"])
+        self.shard_images: int = int(attrs["shard_images"])
         self.specs: tuple[ArraySpec, ...] = tuple(
-            ArraySpec(s["name"], tuple(s["shape"]), s["dtype"], s["fill_value"]) for s in group.attrs["arrays"]
+            ArraySpec(s["name"], tuple(s["shape"]), s["dtype"], s["fill_value"]) for s in attrs["arrays"]
         )
+        self.files: tuple[FileSpec, ...] = tuple(FileSpec(f["name"], f["folder"]) for f in attrs.get("files", []))
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def create_or_resume(
-        cls,
-        path: str | Path,
-        *,
-        ids: Sequence[str],
-        specs: Sequence[ArraySpec],
-        attrs: Mapping[str, Any],
-        shard_images: int,
+        cls, path: str | Path, *, ids: Sequence[str], specs: Sequence[ArraySpec], key: str,
+        attrs: Mapping[str, Any], shard_images: int, files: Sequence[FileSpec] = (),
     ) -> "ImageStore":
-        """Open `path` to resume an interrupted run with the same layout and `attrs`, else start anew.
+        """Open `path` to resume (or re-check) a store of the same `key`, ids and layout, else start anew.
 
-        `attrs` must hold the provenance stamp (stage, params_hash); a store written with another
-        params hash, other ids or other arrays is removed and recreated, never mixed. A *complete*
-        store is recreated too: the stage is only run again when its inputs or code changed.
+        A complete store of the same key is opened too: the runner then recomputes only the rows
+        whose input digest changed (none when nothing changed).
         """
         path = Path(path)
-        layout = _layout(ids, specs, shard_images)
-        if path.exists():
+        layout = _layout(ids, specs, shard_images, files)
+        if (path / "zarr.json").exists():
             try:
-                existing = zarr.open_group(str(path), mode="r")
+                existing = cls(path)
                 same = (
                     {k: existing.attrs.get(k) for k in layout} == layout
-                    and existing.attrs.get("params_hash") == attrs.get("params_hash")
-                    and existing.attrs.get("stage") == attrs.get("stage")
-                    and list(existing[IMAGE_ID][:]) == list(ids)
-                    and not existing.attrs.get("complete", False)
+                    and existing.attrs.get("key") == key
+                    and existing.ids() == list(ids)
                 )
             except Exception as err:  # an unreadable leftover is not worth keeping
                 log.warning("%s: unreadable existing store (%s); starting anew", path, err)
                 same = False
             if same:
-                store = cls(path, zarr.open_group(str(path), mode="r+"))
-                log.info("%s: resuming, %d of %d images already done", path, int(store.done().sum()), len(ids))
+                store = cls(path, writable=True)
+                store._group.attrs.update(dict(attrs))
+                log.info("%s: reusing, %d of %d images already done", path, int(store.done().sum()), len(ids))
                 return store
-            log.info("%s: finished earlier or written with other params/layout; starting anew", path)
-            shutil.rmtree(path)
-        shutil.rmtree(_staging_dir(path), ignore_errors=True)
-        return cls._create(path, ids=ids, specs=specs, attrs=attrs, shard_images=shard_images)
+            log.info("%s: written with other params, code, inputs or layout; starting anew", path)
+        atomic.remove(path)
+        atomic.remove(staging_dir(path))
+        for f in files:  # files of an earlier run are not trusted
+            atomic.remove(f.folder)
+        return cls._create(path, ids=ids, specs=specs, attrs={**dict(attrs), "key": key}, shard_images=shard_images,
+                           files=files)
 
     @classmethod
-    def _create(cls, path: Path, *, ids, specs, attrs, shard_images: int) -> "ImageStore":
+    def _create(cls, path: Path, *, ids, specs, attrs, shard_images: int, files) -> "ImageStore":
         """Build the empty store beside `path`, then rename it into place: never half-created."""
         n = len(ids)
         if n == 0:
             raise StoreError(f"{path}: refusing to create a store for zero images")
-        tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        group = zarr.open_group(str(tmp), mode="w-")
         block = min(shard_images, n)
-        for spec in specs:
-            group.create_array(
-                spec.name,
-                shape=(n, *spec.shape),
-                chunks=(1, *spec.shape),
-                shards=(block, *spec.shape) if block > 1 else None,
-                dtype=spec.dtype,
-                fill_value=spec.fill_value,
-                dimension_names=("image", *[f"{spec.name}_{i}" for i in range(len(spec.shape))]),
-            )
-        group.create_array(DONE, shape=(n,), chunks=(block,), dtype="uint8", fill_value=0)
-        id_array = group.create_array(IMAGE_ID, shape=(n,), chunks=(n,), dtype=str)
-        id_array[:] = np.asarray(list(ids), dtype=object)
-        group.attrs.update({**dict(attrs), **_layout(ids, specs, shard_images), "complete": False})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-        return cls(path, zarr.open_group(str(path), mode="r+"))
+
+        def build(tmp: Path) -> None:
+            group = zarr.open_group(str(tmp), mode="w-")
+            for spec in specs:
+                group.create_array(
+                    spec.name, shape=(n, *spec.shape), chunks=(1, *spec.shape),
+                    shards=(block, *spec.shape) if block > 1 else None, dtype=spec.dtype,
+                    fill_value=spec.fill_value,
+                    dimension_names=("image", *[f"{spec.name}_{i}" for i in range(len(spec.shape))]),
+                )
+            group.create_array(DONE, shape=(n,), chunks=(block,), dtype="uint8", fill_value=0)
+            group.create_array(INPUT, shape=(n, DIGEST_BYTES), chunks=(block, DIGEST_BYTES), dtype="uint8", fill_value=0)
+            id_array = group.create_array(IMAGE_ID, shape=(n,), chunks=(n,), dtype=str)
+            id_array[:] = np.asarray(list(ids), dtype=object)
+            group.attrs.update({**dict(attrs), **_layout(ids, specs, shard_images, files), "complete": False})
+
+        atomic.write_with(path, build)
+        return cls(path, writable=True)
 
     @classmethod
     def open(cls, path: str | Path, *, stage: str | None = None, require_complete: bool = True) -> "ImageStore":
-        """Open a finished store for reading; raise StoreError when it is absent or incomplete."""
-        path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise StoreError(f"{path}: no store here (run the stage that writes it first)")
-        group = zarr.open_group(str(path), mode="r")
-        if stage is not None and group.attrs.get("stage") != stage:
-            raise StoreError(f"{path}: written by stage {group.attrs.get('stage')!r}, expected {stage!r}")
-        if require_complete and not group.attrs.get("complete", False):
-            raise StoreError(f"{path}: incomplete (the stage that writes it was interrupted; rerun it)")
-        return cls(path, group)
+        """Open a finished store for reading; raise StoreError when it is absent, incomplete or foreign."""
+        store = cls(path)
+        if stage is not None and store.attrs.get("stage") != stage:
+            raise StoreError(f"{store.path}: written by stage {store.attrs.get('stage')!r}, expected {stage!r}")
+        if require_complete and not store.attrs.get("complete", False):
+            raise StoreError(f"{store.path}: incomplete (the stage that writes it was interrupted; rerun it)")
+        return store
 
     # ------------------------------------------------------------------ reading
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs)
+        return dict(self._group.attrs)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the content: the provenance fingerprint the stage stamped when it completed."""
+        return str(self.attrs.get("fingerprint", ""))
 
     def ids(self) -> list[str]:
-        return [str(s) for s in self.group[IMAGE_ID][:]]
+        return [str(s) for s in self._group[IMAGE_ID][:]]
 
     def done(self) -> np.ndarray:
         """(N,) bool: which images are durably written."""
-        return np.asarray(self.group[DONE][:], dtype=bool)
+        return np.asarray(self._group[DONE][:], dtype=bool)
+
+    def input_digests(self) -> np.ndarray:
+        """(N, 32) uint8: the input digest each row was computed from (zeros where not done)."""
+        return np.asarray(self._group[INPUT][:])
 
     def blocks(self) -> list[range]:
         """The image-index ranges that are written as a unit (one shard per array)."""
         step = min(self.shard_images, self.n_images)
         return [range(lo, min(lo + step, self.n_images)) for lo in range(0, self.n_images, step)]
 
-    def read(self, name: str, index: int | slice = slice(None)) -> np.ndarray:
-        return np.asarray(self.group[name][index])
+    def read(self, name: str, index: int | slice | np.ndarray = slice(None)) -> np.ndarray:
+        return np.asarray(self._group[name][index])
 
     def read_block(self, block: range) -> dict[str, np.ndarray]:
         return {s.name: self.read(s.name, slice(block.start, block.stop)) for s in self.specs}
 
     # ------------------------------------------------------------------ writing
-    def empty_block(self, block: range) -> dict[str, np.ndarray]:
-        return {s.name: np.full((len(block), *s.shape), s.fill_value, dtype=s.dtype) for s in self.specs}
+    def check(self, image_id: str, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self.staging().check(image_id, values)
 
-    def write_block(self, block: range, values: Mapping[str, np.ndarray], done: np.ndarray) -> None:
-        """Write a whole block's arrays, then (only then) its done flags."""
-        for spec in self.specs:
-            self.group[spec.name][block.start:block.stop] = values[spec.name]
-        self.group[DONE][block.start:block.stop] = np.asarray(done, dtype="uint8")
+    def forget(self, indices: Sequence[int]) -> None:
+        """Mark rows not done (their inputs changed) and the store incomplete, before recomputing them."""
+        if len(indices) == 0:
+            return
+        self._group.attrs["complete"] = False
+        done = self._group[DONE]
+        for i in indices:
+            done[i] = 0
 
-    def stage_image(self, index: int, values: Mapping[str, np.ndarray]) -> None:
-        """Durably keep one computed image until its block is packed (write to temp, then rename)."""
-        staging = _staging_dir(self.path)
-        staging.mkdir(parents=True, exist_ok=True)
-        final = staging / f"{index}.npz"
-        tmp = staging / f".{index}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **values)
-        os.replace(tmp, final)
+    def staging(self) -> "Staging":
+        """The picklable half of the store a worker needs to check and stage images."""
+        return Staging(self.path, self.specs, self.files)
 
-    def load_staged(self, index: int) -> dict[str, np.ndarray] | None:
-        """The staged values of image `index`, or None when none (or a torn one) is there."""
-        path = _staging_dir(self.path) / f"{index}.npz"
+    def stage_image(self, index: int, values: Mapping[str, Any], input_digest: bytes) -> None:
+        """Durably keep one computed image until its block is packed."""
+        image_id = self.ids()[index]
+        self.staging().stage(index, image_id, self.check(image_id, values), input_digest)
+
+    def drop_staged(self, index: int) -> None:
+        (staging_dir(self.path) / f"{index}.npz").unlink(missing_ok=True)
+
+    def load_staged(self, index: int) -> tuple[dict[str, np.ndarray], bytes] | None:
+        """(values, input digest) staged for image `index`, or None when none (or an unreadable one) is there."""
+        path = staging_dir(self.path) / f"{index}.npz"
         if not path.exists():
             return None
         try:
             with np.load(path) as data:
-                return {s.name: data[s.name] for s in self.specs}
+                return {s.name: data[s.name] for s in self.specs}, bytes(data[INPUT].tobytes())
         except Exception as err:  # a staged file that cannot be read is recomputed, not trusted
             log.warning("%s: ignoring unreadable staged image (%s)", path, err)
             return None
 
-    def clear_staged(self, block: range) -> None:
-        staging = _staging_dir(self.path)
-        for index in block:
-            (staging / f"{index}.npz").unlink(missing_ok=True)
+    def staged_indices(self) -> set[int]:
+        """Rows with a staged file (temporary files of an interrupted write are not counted)."""
+        staging = staging_dir(self.path)
+        return {int(p.stem) for p in staging.glob("*.npz") if p.stem.isdigit()} if staging.exists() else set()
+
+    def pack_block(self, block: range) -> int:
+        """Write the staged images of `block` into the shards, then their done flags, then drop the staged
+        files. Rows neither done nor staged (failed images) stay not done. Returns rows packed now."""
+        done = self.done()[block.start:block.stop]
+        staged = {i: s for i in block if not done[i - block.start] and (s := self.load_staged(i)) is not None}
+        if not staged:
+            return 0
+        values = self.read_block(block) if done.any() else self._empty_block(block)
+        digests = self.input_digests()[block.start:block.stop]
+        for i, (row, digest) in staged.items():
+            for name, value in row.items():
+                values[name][i - block.start] = value
+            digests[i - block.start] = np.frombuffer(digest, dtype="uint8")
+            done[i - block.start] = True
+        for spec in self.specs:
+            self._group[spec.name][block.start:block.stop] = values[spec.name]
+        self._group[INPUT][block.start:block.stop] = digests
+        self._group[DONE][block.start:block.stop] = done.astype("uint8")
+        staging = staging_dir(self.path)
+        for i in staged:
+            (staging / f"{i}.npz").unlink(missing_ok=True)
+        return len(staged)
+
+    def _empty_block(self, block: range) -> dict[str, np.ndarray]:
+        return {s.name: np.full((len(block), *s.shape), s.fill_value, dtype=s.dtype) for s in self.specs}
 
     def mark_complete(self, extra: Mapping[str, Any] | None = None, *, allow_missing: bool = False) -> None:
         """Flag the store finished and drop the staging folder.
@@ -213,21 +282,55 @@ class ImageStore:
         missing = int((~self.done()).sum())
         if missing and not allow_missing:
             raise StoreError(f"{self.path}: {missing} images are not written; refusing to mark complete")
-        self.group.attrs.update({**dict(extra or {}), "n_missing": missing, "complete": True})
-        shutil.rmtree(_staging_dir(self.path), ignore_errors=True)
+        self._group.attrs.update({**dict(extra or {}), "n_missing": missing, "complete": True})
+        atomic.remove(staging_dir(self.path))
 
 
-def _layout(ids: Sequence[str], specs: Sequence[ArraySpec], shard_images: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Staging:
+    """Checks one image's values against the store's arrays and stages them as one durable file.
+
+    Small and picklable: workers get this, never an open zarr group.
+    """
+
+    path: Path
+    specs: tuple[ArraySpec, ...]
+    files: tuple[FileSpec, ...] = ()
+
+    def check(self, image_id: str, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One image's computed values as the store's arrays and files, or a ValueError naming what is wrong."""
+        outputs = (*self.specs, *self.files)
+        missing = [s.name for s in outputs if s.name not in values]
+        if missing:
+            raise ValueError(f"image {image_id!r}: no value for output(s) {', '.join(missing)}")
+        return {s.name: s.check(image_id, values[s.name]) for s in outputs}
+
+    def stage(self, index: int, image_id: str, values: Mapping[str, np.ndarray], input_digest: bytes) -> None:
+        """Write the image's files, then stage its arrays: once staged, everything of the image is durable."""
+        for f in self.files:
+            f.write(image_id, values[f.name])
+        buf = io.BytesIO()
+        arrays = {s.name: values[s.name] for s in self.specs}
+        np.savez(buf, **arrays, **{INPUT: np.frombuffer(pad_digest(input_digest), dtype="uint8")})
+        atomic.write_bytes(staging_dir(self.path) / f"{index}.npz", buf.getvalue())
+
+
+def pad_digest(digest: bytes) -> bytes:
+    """A digest as the fixed 32 bytes stored per row (cut or zero-padded)."""
+    return digest[:DIGEST_BYTES].ljust(DIGEST_BYTES, b"\0")
+
+
+def _layout(ids: Sequence[str], specs: Sequence[ArraySpec], shard_images: int,
+            files: Sequence[FileSpec] = ()) -> dict[str, Any]:
     return {
+        "files": [{"name": f.name, "folder": str(f.folder)} for f in files],
         "layout_version": LAYOUT_VERSION,
         "n_images": len(ids),
         "shard_images": int(shard_images),
-        "arrays": [
-            {"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "fill_value": s.fill_value} for s in specs
-        ],
+        "arrays": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "fill_value": s.fill_value} for s in specs],
     }
 
 
-def _staging_dir(path: Path) -> Path:
+def staging_dir(path: Path) -> Path:
     """Staged per-image files live beside the store, so DVC never hashes them as part of it."""
     return path.with_name(path.name + ".staging")

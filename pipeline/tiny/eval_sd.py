@@ -7,10 +7,12 @@ Two measurements, both on scenes no training saw (split ``sd_holdout`` of the de
   at one timestep and one UNet forward with the empty prompt; every ``attn1`` map is aggregated at a
   ``grid`` x ``grid`` token grid (:class:`pipeline.diffusion.capture.ImageAttention`, the capture
   Stage A uses). The ``grid**2`` attention rows of an image are clustered with k-means for each K in
-  ``ks``; the cluster map is upsampled (nearest) to the mask's resolution and scored with
-  :func:`pipeline.metrics.best_match_iou` (mean over the image's object classes of the best IoU any one
-  cluster reaches), averaged over images. The same is reported for an untrained UNet of the same
-  config (same VAE and text encoder) and for k-means on the image's colours pooled to the same grid.
+  ``ks`` (and with ACR, :func:`pipeline.diffusion.acr.acr`); the cluster map is upsampled (nearest) to
+  the mask's resolution and scored with :func:`pipeline.metrics.cluster_map_iou` (mean over the image's
+  object classes of the best IoU any one cluster reaches), averaged over images. The same is reported
+  for an untrained UNet of the same config (:func:`pipeline.models.untrained_unet`; same VAE and text
+  encoder) and for k-means on the image's pixel colours with the same K
+  (:func:`pipeline.diffusion.baselines.colour_kmeans`, the diffusion_attention stage's colour baseline).
 * **(b) text-to-image samples.** ``samples_per_class`` images per class from ``"a photo of a {class}."``
   (DDIM, classifier-free guidance, one seed per sample index, shared across classes) are classified
   zero-shot by a CLIP (argmax of cosine similarity over the class prompts); accuracy per class and mean.
@@ -18,7 +20,6 @@ Two measurements, both on scenes no training saw (split ``sd_holdout`` of the de
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,18 +28,19 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
 from PIL import Image
 from sklearn.cluster import KMeans
 
+from pipeline.cam import encode_class_prompts, presence_scores
 from pipeline.data.shapes import CLASS_NAMES, Scene, ShapesConfig, render_scene, scene_seed
+from pipeline.diffusion.acr import ACRConfig, acr
+from pipeline.diffusion.baselines import colour_kmeans
 from pipeline.diffusion.capture import ImageAttention, native_image_size
-from pipeline.metrics import best_match_iou
+from pipeline.metrics import cluster_map_iou, upsample_labels
+from pipeline.models.diffusion import untrained_unet
+from pipeline.tiny.manifest import jsonable
 
 logger = logging.getLogger(__name__)
-
-#: where the tiny CLIP is shipped, relative to the repository root, and its manifest
-TINY_CLIP_DIR = Path("pipeline/models/weights/diclip-tiny-clip")
 
 
 @dataclass(frozen=True)
@@ -85,25 +87,10 @@ def cluster_rows(features: np.ndarray, k: int, *, n_init: int, seed: int = 0) ->
     return KMeans(k, n_init=n_init, random_state=seed).fit_predict(np.asarray(features, dtype=np.float32))
 
 
-def score_cluster_map(labels: np.ndarray, mask: np.ndarray) -> float:
-    """best_match_iou of a (G, G) cluster map upsampled (nearest) to the (S, S) mask."""
-    g, s = labels.shape[0], mask.shape[0]
-    if s % g:
-        up = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((s, s), Image.NEAREST))
-    else:
-        up = np.kron(labels, np.ones((s // g, s // g), dtype=labels.dtype))
-    return best_match_iou(up, mask)
-
-
 def acr_score(features: np.ndarray, masks: Sequence[np.ndarray], grid: int, config: SDEvalConfig) -> float:
     """Mean best-match IoU of ACR hard maps (what the diffusion_attention stage stores) of (B, G*G, G*G) attention."""
-    from pipeline.diffusion.acr import acr
-    from pipeline.diffusion.config import DiffusionAttentionParams
-
-    p = DiffusionAttentionParams(max_clusters=config.acr_max_clusters, merge_kl=config.acr_merge_kl)
-    scores = [score_cluster_map(acr(f, grid, anchor_grid=p.anchor_grid, merge_kl=p.merge_kl, merge_rounds=p.merge_rounds,
-                                    max_clusters=p.max_clusters, kmeans_iters=p.kmeans_iters).hard, m)
-              for f, m in zip(features, masks)]
+    acr_config = ACRConfig(max_clusters=config.acr_max_clusters, merge_kl=config.acr_merge_kl)
+    scores = [cluster_map_iou(acr(f, grid, acr_config).hard, m) for f, m in zip(features, masks)]
     return round(float(np.nanmean(scores)), 4)
 
 
@@ -112,7 +99,7 @@ def cluster_scores(features: np.ndarray, masks: Sequence[np.ndarray], ks: Sequen
     """{K: mean over images of best-match IoU} for per-image row features (B, G*G, D)."""
     out = {}
     for k in ks:
-        scores = [score_cluster_map(cluster_rows(f, k, n_init=n_init).reshape(grid, grid), m)
+        scores = [cluster_map_iou(cluster_rows(f, k, n_init=n_init).reshape(grid, grid), m)
                   for f, m in zip(features, masks)]
         out[int(k)] = round(float(np.nanmean(scores)), 4)
     return out
@@ -138,37 +125,34 @@ def aggregated_attention(pipe: Any, unet: torch.nn.Module, scenes: Sequence[Scen
     return np.concatenate(out)
 
 
-def colour_features(scenes: Sequence[Scene], grid: int) -> np.ndarray:
-    """(N, G*G, 3) mean RGB of each image over a G x G grid of cells (the colour k-means baseline)."""
-    imgs = np.stack([s.image for s in scenes]).astype(np.float32) / 255.0
-    n, size = imgs.shape[0], imgs.shape[1]
-    cell = size // grid
-    pooled = imgs[:, :grid * cell, :grid * cell].reshape(n, grid, cell, grid, cell, 3).mean(axis=(2, 4))
-    return pooled.reshape(n, grid * grid, 3)
-
-
-def untrained_unet(pipe: Any, seed: int) -> torch.nn.Module:
-    """A freshly initialised UNet of the pipeline's UNet config (seeded, global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(pipe.unet.config)
-    return unet.to(pipe.unet.device, pipe.unet.dtype).eval()
+def colour_scores(scenes: Sequence[Scene], ks: Sequence[int]) -> dict[int, float]:
+    """{K: mean over scenes of the best-match IoU of colour k-means (pixel RGB, K clusters)}: the colour baseline."""
+    out = {}
+    for k in ks:
+        scores = [cluster_map_iou(colour_kmeans(s.image, int(k)), s.mask) for s in scenes]
+        out[int(k)] = round(float(np.nanmean(scores)), 4)
+    return out
 
 
 def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = True) -> dict[str, Any]:
-    """(a) at ``config.grid``: {"trained": {t: {K: iou}}, "untrained": ..., "colour_kmeans": {K: iou},
-    "oracle_grid": iou of the mask itself snapped to the grid (the ceiling), "best": ...}; with
+    """(a) at ``config.grid``: {"trained": {t: {K: iou}}, "untrained": ..., "acr": {name: {t: iou}},
+    "colour_kmeans": {K: iou} (pixel colours, :func:`colour_scores`; the same under "fine"),
+    "oracle_grid": iou of the mask itself resampled to the grid and back (the ceiling), "best": ...}; with
     ``fine_grid`` the same under "fine" for the attention upsampled to that grid."""
     scenes = holdout_scenes(config)
     masks = [s.mask for s in scenes]
     models = [("trained", pipe.unet)]
     if baselines:
-        models.append(("untrained", untrained_unet(pipe, config.untrained_seed)))
+        models.append(("untrained", untrained_unet(pipe.unet, config.untrained_seed)))
     native = attention_extractor(pipe, config)  # its image size and grid, resolved from the pipeline
     runs = [(native.grid, config.timesteps)]
     if config.fine_grid:
         runs.append((config.fine_grid, config.fine_timesteps))
     out: dict[str, Any] = {}
+    colour = None
+    if baselines:  # at pixel level: the same for every grid
+        colour = colour_scores(scenes, config.ks)
+        logger.info("colour k-means: %s", colour)
     for run, (grid, timesteps) in enumerate(runs):
         kw = dict(n_init=config.kmeans_n_init, grid=grid)
         cfg = replace(config, grid=grid)
@@ -184,10 +168,10 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
                     result.setdefault("acr", {}).setdefault(name, {})[int(t)] = acr_iou
                 logger.info("attention clusters grid %d %s t=%d: k-means %s ACR %s (%.0fs)", grid, name, t,
                             result[name][int(t)], acr_iou, time.perf_counter() - t0)
-        if baselines:
-            result["colour_kmeans"] = cluster_scores(colour_features(scenes, grid), masks, config.ks, **kw)
-            logger.info("colour k-means grid %d: %s", grid, result["colour_kmeans"])
-        result["oracle_grid"] = round(float(np.nanmean([score_cluster_map(snap_mask(m, grid), m) for m in masks])), 4)
+        if colour is not None:
+            result["colour_kmeans"] = dict(colour)
+        result["oracle_grid"] = round(float(np.nanmean([cluster_map_iou(upsample_labels(m, (grid, grid)), m)
+                                                        for m in masks])), 4)
         result["best"] = {name: _best(result[name]) for name in ("trained", "untrained") if name in result}
         if run == 0:
             result["image_size"] = native.image_size
@@ -195,12 +179,6 @@ def evaluate_attention(pipe: Any, config: SDEvalConfig, *, baselines: bool = Tru
         else:
             out["fine"] = result
     return out
-
-
-def snap_mask(mask: np.ndarray, grid: int) -> np.ndarray:
-    """The (S, S) mask sampled at the centres of a G x G grid of cells: the best any G x G map can do."""
-    cell = mask.shape[0] // grid
-    return mask[cell // 2::cell, cell // 2::cell][:grid, :grid]
 
 
 def _best(per_t: dict[int, dict[int, float]]) -> dict[str, float]:
@@ -228,20 +206,15 @@ def generate_class_samples(pipe: Any, config: SDEvalConfig, class_names: Sequenc
     return np.concatenate(images), np.asarray(intended)
 
 
-@torch.no_grad()
 def clip_zero_shot(clip: Any, images: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
                    templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
-    """(N,) argmax class index of each uint8 image over the class prompts (cosine similarity)."""
-    model = clip.model
-    texts = []
-    for name in class_names:
-        feats = model.encode_text(clip.tokenizer([t.format(name) for t in templates]).to(clip.device))
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1).mean(0)
-        texts.append(torch.nn.functional.normalize(feats, dim=-1))
-    text = torch.stack(texts)  # (C, D)
-    pixels = torch.stack([clip.preprocess(Image.fromarray(im)) for im in images]).to(clip.device, clip.dtype)
-    feats = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
-    return (feats @ text.T).argmax(1).cpu().numpy()
+    """(N,) argmax class index of each uint8 image (at the CLIP's input size) over the class prompts:
+    cosine with the prompt-ensemble class embeddings (:func:`pipeline.cam.encode_class_prompts`)."""
+    if tuple(images.shape[1:3]) != (clip.image_size, clip.image_size):
+        raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} px; the CLIP takes "
+                         f"{clip.image_size}x{clip.image_size} (resize them first)")
+    text = encode_class_prompts(clip.model, clip.tokenizer, class_names, templates)  # (C, E)
+    return presence_scores(clip.model, images, text, batch_size=max(1, len(images))).argmax(1)
 
 
 def evaluate_samples(pipe: Any, clip: Any, config: SDEvalConfig, *, reference: bool = True
@@ -291,29 +264,10 @@ def vae_reconstruction_error(vae: Any, images: np.ndarray) -> float:
     return float((rec - x).abs().mean() * 127.5)
 
 
-# --- the tiny CLIP --------------------------------------------------------------------------------
-
-
-def load_shipped_clip(weights_dir: str | Path = TINY_CLIP_DIR) -> Any:
-    """The shipped tiny CLIP, through ``load_clip`` with the model name and file its manifest names."""
-    from pipeline.models import load_clip
-
-    weights_dir = Path(weights_dir)
-    manifest = json.loads((weights_dir / "manifest.json").read_text(encoding="utf-8"))
-    name = manifest.get("model_name") or manifest.get("model") or "diclip-tiny-vit-p8-64"
-    checkpoint = manifest.get("checkpoint") or manifest.get("weights") or manifest.get("file")
-    if checkpoint is None:
-        found = sorted(p.name for p in weights_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".bin"))
-        if len(found) != 1:
-            raise FileNotFoundError(f"{weights_dir}: cannot tell the checkpoint file among {found}")
-        checkpoint = found[0]
-    return load_clip(name, str(weights_dir / Path(checkpoint).name), device="cpu", precision="fp32")
-
-
 def evaluate_sd(pipe: Any, config: SDEvalConfig = SDEvalConfig(), *, clip: Any = None,
                 samples_png: str | Path | None = None) -> dict[str, Any]:
     """(a) always, (b) when a CLIP is given, plus VAE reconstruction error on 16 held-out scenes."""
-    result: dict[str, Any] = {"config": _jsonable(asdict(config))}
+    result: dict[str, Any] = {"config": jsonable(asdict(config))}
     recon = np.stack([s.image for s in holdout_scenes(config, 16)])
     result["vae_l1_255"] = round(vae_reconstruction_error(pipe.vae, recon), 3)
     result["attention_clusters"] = evaluate_attention(pipe, config)
@@ -323,6 +277,3 @@ def evaluate_sd(pipe: Any, config: SDEvalConfig = SDEvalConfig(), *, clip: Any =
             save_sample_grid(images, samples_png, config.samples_per_class)
     return result
 
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,20 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.cam import encode_text_trimmed, to_clip_input
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig
-from pipeline.models.eval_clip import (
-    ClipEvalConfig,
-    SceneSet,
-    encode_text_trimmed,
-    evaluate_clip,
-    render_scenes,
-    to_clip_input,
-)
+from pipeline.tiny.eval_clip import ClipEvalConfig, SceneSet, evaluate_clip, render_scenes
+from pipeline.tiny.manifest import file_sha256, jsonable, library_versions, write_manifest
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "open_clip_model.safetensors"
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 #: caption templates; "{}" is the object list ("a disk", "a disk and a star", "a bar, a ring and a boat")
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -340,12 +333,12 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | os.PathLike[str], *, p
             "format_version": MANIFEST_FORMAT,
             "model_name": config.model_name,
             "checkpoint": CHECKPOINT_NAME,
-            "checkpoint_sha256": _sha256(checkpoint),
+            "checkpoint_sha256": file_sha256(checkpoint),
             "checkpoint_bytes": checkpoint.stat().st_size,
             "checkpoint_dtype": "float16",
             "command": command,
             "seed": config.seed,
-            "config": _jsonable(dataclasses.asdict(config)),
+            "config": jsonable(dataclasses.asdict(config)),
             "data": data_fingerprint(config),
             "training": {
                 "steps": fit.steps,
@@ -363,7 +356,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | os.PathLike[str], *, p
                               "(template, object order), the flips, then one class caption per class; "
                               "torch.manual_seed(seed) before init",
             },
-            "versions": library_versions(),
+            "versions": library_versions("open_clip"),
         }
         if config.evaluate:
             manifest["metrics"] = evaluate_clip(loaded.model, loaded.tokenizer, config.eval,
@@ -374,7 +367,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | os.PathLike[str], *, p
         torch.set_num_threads(previous_threads)
 
 
-# --- checkpoint and manifest --------------------------------------------------------------------
+# --- checkpoint ---------------------------------------------------------------------------------
 
 
 def save_fp16_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> Path:
@@ -396,47 +389,3 @@ def verify_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     bad = [k for k, v in saved.items() if not torch.equal(state[k], v.to(state[k].dtype))]
     if bad:
         raise RuntimeError(f"loaded weights differ from the saved ones for {bad[:5]}")
-
-
-def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (temporary name, then rename)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path, tmp = out_dir / MANIFEST_NAME, out_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(_jsonable(manifest), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
-
-
-def library_versions() -> dict[str, str]:
-    import open_clip
-
-    from pipeline import __version__
-    from pipeline.provenance import code_version
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "numpy": np.__version__, "diclip": __version__, "code": code_version()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -45,12 +45,11 @@ import numpy as np
 import torch
 
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
-
-from .diffusion import DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_tiny_sd_config
+from pipeline.models.diffusion import DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_tiny_sd_config
+from pipeline.tiny.manifest import library_versions, write_manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -403,7 +402,7 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
             "total_wall_s": round(time.perf_counter() - t0, 1),
             "sizes": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                       for name in ("vae", "unet", "text_encoder")},
-            "versions": library_versions(),
+            "versions": library_versions("diffusers", "transformers", "scikit-learn"),
         }
         save_pipeline(pipe, out_dir, record)
         return record
@@ -429,28 +428,6 @@ def save_pipeline(pipe: Any, out_dir: Path, record: dict[str, Any]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def write_manifest(out_dir: str | os.PathLike[str], record: dict[str, Any]) -> Path:
-    """Write ``record`` as ``out_dir/manifest.json`` (atomically)."""
-    path = Path(out_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / MANIFEST).read_text(encoding="utf-8"))
-
-
-def library_versions() -> dict[str, str]:
-    import diffusers
-    import sklearn
-    import transformers
-
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -15,8 +15,9 @@ initialised model of the same architecture (its own tune-chosen threshold).
 Scenes are rendered from the shapes world with :func:`pipeline.data.shapes.scene_seed` under split
 names that the demo dataset ("train"/"val") and CLIP pre-training ("clip_pretrain") never use. They
 go through the same JPEG round trip the demo dataset's files do, so the model sees what the
-pipeline will read. This module also holds the data helpers training shares (rendering, JPEG,
-normalisation, prompts, trimmed text encoding).
+pipeline will read. This module is the evaluation protocol only (scenes, tune/test splits,
+metrics); the CAMs, prompts and text/image embeddings come from :mod:`pipeline.cam`. Training shares
+its scene rendering (:func:`render_scenes`, :func:`jpeg_roundtrip`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from pipeline.cam import cams_to_image, labels_from_cams, surgery_forward, text_cams
+from pipeline.cam import (
+    DEFAULT_PROMPT,
+    class_prompts,
+    encode_prompts,
+    labels_from_cams,
+    presence_scores,
+    surgery_cams,
+)
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
 from pipeline.metrics import mean_iou, presence_auc
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PROMPT = "a photo of a {}."
 
 
 @dataclass(frozen=True)
@@ -124,84 +129,20 @@ def render_scenes(
     return SceneSet(images, masks, labels)
 
 
-def to_clip_input(images: np.ndarray | torch.Tensor, visual: nn.Module) -> torch.Tensor:
-    """uint8 images (N, H, W, 3) -> (N, 3, H, W) float32 normalised with the model's mean/std.
-
-    Equivalent to ``LoadedClip.preprocess`` for images already at the model's input size, without PIL.
-    """
-    cfg = visual.preprocess_cfg
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def class_prompts(template: str = DEFAULT_PROMPT, class_names: Sequence[str] = CLASS_NAMES) -> list[str]:
-    return [template.format(name) for name in class_names]
-
-
-def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(tokens)`` (unnormalised), cut to the longest caption: (N, L) -> (N, E).
-
-    With a causal text mask and end-of-text pooling, positions after the last real token never
-    influence the pooled feature, so dropping trailing pad columns gives the same result at a
-    fraction of the cost for short captions. Falls back to ``encode_text`` for other text towers.
-    """
-    if getattr(model, "attn_mask", None) is None or getattr(model, "text_pool_type", None) != "argmax" \
-            or not hasattr(model, "token_embedding"):
-        return model.encode_text(tokens)
-    length = int((tokens != 0).sum(1).max())
-    tokens = tokens[:, :length]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # end-of-text token
-    if model.text_projection is None:
-        return x
-    if isinstance(model.text_projection, nn.Linear):
-        return model.text_projection(x)
-    return x @ model.text_projection
-
-
-@torch.no_grad()
-def encode_prompts(model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
-    """(C, E) L2-normalised text embeddings of ``texts``."""
-    device = next(model.parameters()).device
-    return F.normalize(model.encode_text(tokenizer(list(texts)).to(device)).float(), dim=-1)
-
-
 # --- evaluation ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def presence_scores(model: nn.Module, scenes: SceneSet, text: torch.Tensor, *, batch_size: int = 250) -> np.ndarray:
-    """(N, C) cosine between each image embedding and each (normalised) text embedding."""
-    out = []
-    for start in range(0, len(scenes), batch_size):
-        x = to_clip_input(scenes.images[start:start + batch_size], model.visual).to(text.device)
-        out.append(F.normalize(model.encode_image(x).float(), dim=-1) @ text.T)
-    return torch.cat(out).cpu().numpy()
-
-
-@torch.no_grad()
-def surgery_cams(model: nn.Module, scenes: SceneSet, text: torch.Tensor, config: ClipEvalConfig) -> torch.Tensor:
-    """(N, C, S, S) feature-surgery CAMs in [0, 1] of every class, upsampled to the image size.
+def scene_cams(model: nn.Module, scenes: SceneSet, text: torch.Tensor, config: ClipEvalConfig) -> torch.Tensor:
+    """(N, C, S, S) surgery CAMs (:func:`pipeline.cam.surgery_cams`) of the scenes with ``config``'s recipe.
 
     ``config.surgery_blocks`` and ``config.cls_weighting`` must be set (not None).
     """
     if config.surgery_blocks is None or config.cls_weighting is None:
-        raise ValueError("surgery_cams needs surgery_blocks and cls_weighting set (they are None)")
-    size = scenes.images.shape[1:3]
-    out = []
-    for start in range(0, len(scenes), config.batch_size):
-        x = to_clip_input(scenes.images[start:start + config.batch_size], model.visual).to(text.device)
-        res = surgery_forward(model.visual, x, surgery_blocks=config.surgery_blocks, head_reduce=config.head_reduce,
-                              self_similarity=config.self_similarity)
-        cams = text_cams(res.tokens, text, image_embedding=res.image_embedding, cls_weighting=config.cls_weighting,
-                         temperature=config.cls_temperature, token_norm=config.token_norm)
-        out.append(cams_to_image(cams, res.grid, size).cpu())
-    return torch.cat(out)
+        raise ValueError("scene_cams needs surgery_blocks and cls_weighting set (they are None)")
+    return surgery_cams(model, scenes.images, text, surgery_blocks=config.surgery_blocks,
+                        cls_weighting=config.cls_weighting, head_reduce=config.head_reduce,
+                        self_similarity=config.self_similarity, cls_temperature=config.cls_temperature,
+                        token_norm=config.token_norm, batch_size=config.batch_size)
 
 
 def cam_miou(cams: torch.Tensor, scenes: SceneSet, threshold: float) -> tuple[float, np.ndarray]:
@@ -244,7 +185,7 @@ def evaluate_clip(model: nn.Module, tokenizer: Any, config: ClipEvalConfig = Cli
     if config.random_init_baseline:
         if model_name is None:
             raise ValueError("the random-init baseline needs model_name")
-        from pipeline.models.clip import load_clip
+        from pipeline.models import load_clip
 
         torch.manual_seed(config.random_init_seed)
         random_model = load_clip(model_name, None, device="cpu").model
@@ -272,12 +213,12 @@ def choose_recipe(model: nn.Module, tokenizer: Any, tune: SceneSet,
     weightings = [config.cls_weighting] if config.cls_weighting is not None else [True, False]
     if len(depths) == 1 and len(weightings) == 1:
         return config, {}
-    text = encode_prompts(model, tokenizer, class_prompts(config.prompt_template))
+    text = encode_prompts(model, tokenizer, class_prompts(CLASS_NAMES, config.prompt_template))
     scores = {}
     for blocks in depths:
         for weighting in weightings:
             candidate = dataclasses.replace(config, surgery_blocks=blocks, cls_weighting=weighting)
-            sweep = choose_threshold(surgery_cams(model, tune, text, candidate), tune, config.thresholds)[1]
+            sweep = choose_threshold(scene_cams(model, tune, text, candidate), tune, config.thresholds)[1]
             scores[(blocks, weighting)] = max(sweep.values())
     blocks, weighting = max(scores, key=lambda bw: (scores[bw], -bw[0], bw[1]))
     sweep = {f"blocks={b},cls_weighting={w}": v for (b, w), v in scores.items()}
@@ -285,10 +226,10 @@ def choose_recipe(model: nn.Module, tokenizer: Any, tune: SceneSet,
 
 
 def _score(model: nn.Module, tokenizer: Any, tune: SceneSet, test: SceneSet, config: ClipEvalConfig) -> dict[str, Any]:
-    text = encode_prompts(model, tokenizer, class_prompts(config.prompt_template))
-    aucs = presence_auc(presence_scores(model, test, text, batch_size=config.batch_size), test.labels)
-    threshold, sweep = choose_threshold(surgery_cams(model, tune, text, config), tune, config.thresholds)
-    miou, ious = cam_miou(surgery_cams(model, test, text, config), test, threshold)
+    text = encode_prompts(model, tokenizer, class_prompts(CLASS_NAMES, config.prompt_template))
+    aucs = presence_auc(presence_scores(model, test.images, text, batch_size=config.batch_size), test.labels)
+    threshold, sweep = choose_threshold(scene_cams(model, tune, text, config), tune, config.thresholds)
+    miou, ious = cam_miou(scene_cams(model, test, text, config), test, threshold)
     return {
         "presence_auc": {"mean": float(np.nanmean(aucs)), "per_class": dict(zip(CLASS_NAMES, map(float, aucs)))},
         "cam": {

@@ -1,0 +1,32 @@
+"""Every artifact of the pipeline, named once: its default path (relative to the project root, where
+`dvc repro` runs each stage) and what it holds. Stage commands take their path options from here and
+`dvc.yaml` lists the same paths (a test checks that they agree), so no path is written twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stage output: `name` is also its command-line option (`--name`), `path` its default location."""
+
+    name: str
+    path: str
+    what: str
+    metric: bool = False  # a small JSON metric file (dvc.yaml `metrics:`, not cached)
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SHAPES = Artifact("shapes", "artifacts/shapes", "the shapes-world dataset folder (VOC layout, class_names.txt)")
+INDEX = Artifact("index", "artifacts/index", "dataset index: ids, image-level labels, sizes, digests, fingerprint")
+DIFFUSION = Artifact("diffusion", "artifacts/diffusion.zarr", "per-image Stable Diffusion attention clusters (zarr)")
+DIFFUSION_METRIC = Artifact(
+    "diffusion_metric", "artifacts/metrics/diffusion_attention.json",
+    "cluster best-match IoU with the object masks, beside baselines", metric=True,
+)
+
+ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC)

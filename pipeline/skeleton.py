@@ -1,0 +1,222 @@
+"""The stage skeleton: what every DVC stage does the same way, written once.
+
+A stage declares a `StageSpec`: its name, the dotted params keys it reads, the artifacts it reads and
+writes (`pipeline.artifacts`). The skeleton then
+- loads and validates params.yaml and hands the stage only the keys it declared (reading another
+  raises, so the declaration, which `dvc.yaml` must match, cannot drift from the code);
+- stamps provenance from the stage's inputs only (`pipeline.provenance`): params, the digest of
+  the code the stage module imports, the fingerprints of its input artifacts;
+- opens the dataset index and the dataset's splits;
+- maps a per-image task over images into a resumable store (`images`): a result is reused only if
+  the store's key and the image's input digest are unchanged;
+- writes metric files atomically, and ends with one summary line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from pipeline import provenance
+from pipeline.artifacts import Artifact
+from pipeline.params import Params, ParamsError, RunnerParams, load_params, to_plain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's declaration; `module` is the stage module (its imports make the code digest)."""
+
+    name: str
+    module: str
+    params: tuple[str, ...]
+    inputs: tuple[Artifact, ...] = ()
+    outputs: tuple[Artifact, ...] = ()
+
+    @property
+    def module_file(self) -> str:
+        from pipeline import codegraph
+
+        path = codegraph.module_file(self.module)
+        if path is None:
+            raise ValueError(f"stage {self.name!r}: module {self.module!r} is not a file of this repo")
+        return path.relative_to(codegraph.REPO_ROOT).as_posix()
+
+
+class DeclaredParams:
+    """Attribute access to the params keys a stage declared; any other key raises ParamsError.
+
+    A fully declared section (or sub-section) is returned as its frozen dataclass, so it pickles to
+    workers as is; a partly declared one as another DeclaredParams.
+    """
+
+    def __init__(self, stage: str, obj: Any, declared: tuple[str, ...], prefix: str = "") -> None:
+        self._stage, self._obj, self._declared, self._prefix = stage, obj, declared, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        key = f"{self._prefix}{name}"
+        value = getattr(self._obj, name)
+        if any(key == d or key.startswith(d + ".") for d in self._declared):
+            return value
+        if any(d.startswith(key + ".") for d in self._declared):
+            return DeclaredParams(self._stage, value, self._declared, key + ".")
+        raise ParamsError(
+            f"stage {self._stage!r} reads params {key!r} but does not declare it: add it to the stage's "
+            "StageSpec.params and to its `params:` in dvc.yaml"
+        )
+
+
+def declared_values(params: Params, keys: Sequence[str]) -> dict[str, Any]:
+    """{dotted key: plain value} of the declared keys (what the params hash covers)."""
+    out = {}
+    for key in keys:
+        value: Any = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = to_plain(value)
+    return out
+
+
+@dataclass
+class Summary:
+    """What a stage did, for its one summary line."""
+
+    images: int = 0
+    computed: int = 0
+    reused: int = 0
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, report: Any) -> None:
+        self.computed += report.computed
+        self.reused += report.reused
+        self.failed += len(report.failures)
+        self.images += report.computed + report.reused + len(report.failures)
+
+
+class StageContext:
+    """What a running stage gets from the skeleton: its params, paths, provenance, index, runner."""
+
+    def __init__(self, spec: StageSpec, params: Params, paths: Mapping[str, Path]) -> None:
+        self.spec = spec
+        self._params = params
+        self.params = DeclaredParams(spec.name, params, spec.params)
+        self.runner_params: RunnerParams = params.runner  # never part of provenance: results do not depend on it
+        self.paths = dict(paths)
+        self.summary = Summary()
+        self._runner = None
+
+    # ------------------------------------------------------------------ paths and provenance
+    def path(self, artifact: Artifact) -> Path:
+        return self.paths[artifact.name]
+
+    @property
+    def code_digest(self) -> str:
+        return provenance.code_digest(self.spec.module_file)
+
+    def stamp(self, *, inputs: Mapping[str, str] | None = None, exclude: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+        """Provenance of an output: declared params (less `exclude`d keys), code digest, input fingerprints.
+
+        `extra` holds values that decide the output but are not params (e.g. resolved model sizes).
+        """
+        values = {k: v for k, v in declared_values(self._params, self.spec.params).items() if k not in exclude}
+        if exclude:  # a dotted key inside a declared section
+            values = _drop_nested(values, exclude)
+        return provenance.stamp(self.spec.name, {**values, **extra}, code=self.code_digest, inputs=inputs)
+
+    # ------------------------------------------------------------------ inputs
+    def index(self):
+        """The dataset index this stage reads (`artifacts.INDEX`)."""
+        from pipeline.artifacts import INDEX
+        from pipeline.store.dataset_index import DatasetIndex
+
+        return DatasetIndex.load(self.path(INDEX))
+
+    def aligned(self, *inputs: Artifact):
+        """The finished per-image stores of `inputs`, fingerprints recorded now, for a task's workers
+        (pipeline.store.aligned); put `.fingerprints` into `stamp(inputs=...)`."""
+        from pipeline.store.aligned import AlignedInputs
+
+        return AlignedInputs.of({a.name: self.path(a) for a in inputs})
+
+    # ------------------------------------------------------------------ per-image work
+    @property
+    def runner(self):
+        if self._runner is None:
+            from pipeline.runner import Runner
+
+            self._runner = Runner(self.runner_params).__enter__()
+        return self._runner
+
+    def images(self, task: Any, out: Path, *, ids: Sequence[str], specs: Sequence[Any], key: str,
+               attrs: Mapping[str, Any], shard_images: int, desc: str, allow_failures: bool = False,
+               files: Sequence[Any] = ()):
+        """Compute `task` for every image of `ids` into the per-image store `out` (resuming it when its
+        `key` matches), mark it complete and return (store, report). `files` are per-image PNG outputs
+        (pipeline.store.image_store.FileSpec). With `allow_failures` failed images are left out
+        (`report.failures`) instead of failing the stage."""
+        from pipeline.runner import ImageFailures, RunReport
+        from pipeline.store.image_store import ImageStore
+
+        store = ImageStore.create_or_resume(out, ids=ids, specs=specs, key=key, attrs=attrs, shard_images=shard_images,
+                                            files=files)
+        try:
+            report = self.runner.run(task, store, desc=desc)
+        except ImageFailures as err:
+            if not allow_failures:
+                self.summary.failed += len(err.failures)
+                raise
+            done = int(store.done().sum())
+            report = RunReport(computed=done, reused=0, failures=err.failures)
+        self.summary.add(report)
+        store.mark_complete({"fingerprint": attrs.get("fingerprint", key)}, allow_missing=allow_failures)
+        return store, report
+
+    # ------------------------------------------------------------------ outputs
+    def write_metric(self, artifact: Artifact, data: Mapping[str, Any]) -> Path:
+        """Write a metric JSON atomically (sorted keys: same data, same bytes)."""
+        from pipeline import atomic
+
+        return atomic.write_json(self.path(artifact), dict(data))
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.__exit__(None, None, None)
+            self._runner = None
+
+
+def run_stage(spec: StageSpec, body: Callable[[StageContext], Any], *, params_path: Path | None = None,
+              paths: Mapping[str, Path] | None = None, params: Params | None = None) -> tuple[Any, Summary]:
+    """Load params, run `body` with a StageContext, log one summary line; returns (body's result, summary)."""
+    params = load_params(params_path) if params is None else params
+    given = {k: Path(v) for k, v in (paths or {}).items() if v is not None}
+    all_paths = {a.name: given.get(a.name, Path(a.path)) for a in (*spec.inputs, *spec.outputs)}
+    ctx = StageContext(spec, params, all_paths)
+    start = time.perf_counter()
+    try:
+        result = body(ctx)
+    finally:
+        ctx.close()
+    s = ctx.summary
+    line = f"{spec.name}: done in {time.perf_counter() - start:.1f} s"
+    if s.images:
+        line += f"; {s.images} images ({s.computed} computed, {s.reused} reused, {s.failed} failed)"
+    if s.notes:
+        line += "; " + "; ".join(s.notes)
+    print(line, flush=True)
+    return result, s
+
+
+def _drop_nested(values: dict[str, Any], exclude: Sequence[str]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for key in exclude:
+        for section in out:
+            if key.startswith(section + "."):
+                out[section].pop(key[len(section) + 1:], None)
+    return out
