@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str], Mapping[str, np.ndarray]]
 KILL_AFTER_ENV = "DICLIP_KILL_AFTER_IMAGES"
+CHUNK_SECONDS = 0.5  # target compute time of one dask task (a chunk of images)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -59,8 +60,9 @@ class ImageTask(Protocol):
 class ImageFailures(UserError, RuntimeError):
     """Some images failed; every other image was written, and a rerun retries only these."""
 
-    def __init__(self, store_path: Path, failures: Mapping[str, str]) -> None:
+    def __init__(self, store_path: Path, failures: Mapping[str, str], report: "RunReport | None" = None) -> None:
         self.failures = dict(failures)
+        self.report = report
         shown = list(self.failures.items())[:20]
         lines = "\n".join(f"  {image_id}: {msg}" for image_id, msg in shown)
         more = f"\n  ... and {len(self.failures) - len(shown)} more" if len(self.failures) > len(shown) else ""
@@ -104,62 +106,82 @@ class Runner:
         start = time.perf_counter()
         ids = store.ids()
         _forget_changed(task, store, ids)
-        for block in store.blocks():  # images staged before a kill, in blocks now whole
-            if not _remaining(store, block):
-                store.pack_block(block)
         done, staged = store.done(), store.staged_indices()
-        pending = [i for i in range(len(ids)) if not done[i] and i not in staged]
+        missing = {i for i in range(len(ids)) if not done[i] and i not in staged}
+        remaining = {b.start: sum(i in missing for i in b) for b in store.blocks()}
+        packer = _Packer(self, store)
+        for block in store.blocks():  # images staged before a kill, in blocks now whole
+            if remaining[block.start] == 0:
+                packer.pack(block)
+        pending = sorted(missing)
         reused = len(ids) - len(pending)
         log.info("%s: %d images to compute, %d reused", store.path, len(pending), reused)
-        remaining = {b.start: len(_remaining(store, b)) for b in store.blocks()}
         block_of = {i: b for b in store.blocks() for i in b}
         failures: dict[str, str] = {}
         kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+        n = 0
         with tqdm(total=len(pending), desc=desc, unit="img", disable=not pending, dynamic_ncols=True) as bar:
-            for n, (index, error) in enumerate(self._execute(task, store.staging(), ids, pending), start=1):
-                if error is not None:
-                    failures[ids[index]] = error
-                block = block_of[index]
-                remaining[block.start] -= 1
-                if remaining[block.start] == 0:
-                    store.pack_block(block)
-                bar.update(1)
+            for results in self._execute(task, store.staging(), ids, pending):
+                for index, error in results:
+                    if error is not None:
+                        failures[ids[index]] = error
+                    block = block_of[index]
+                    remaining[block.start] -= 1
+                    if remaining[block.start] == 0:
+                        packer.pack(block)
+                n += len(results)
+                bar.update(len(results))
                 if kill_after and n >= kill_after:
                     os.killpg(os.getpgrp(), signal.SIGKILL)
+        packer.wait()
         report = RunReport(computed=len(pending) - len(failures), reused=reused, failures=failures,
                            seconds=time.perf_counter() - start)
         if failures:
-            raise ImageFailures(store.path, failures)
+            raise ImageFailures(store.path, failures, report)
         return report
 
-    def _execute(self, task: ImageTask, staging: "Staging", ids: list[str], pending: list[int]) -> Iterator[tuple[int, str | None]]:
-        """Yield (row, error or None) as images finish, in this process or on the dask cluster."""
+    def _execute(self, task: ImageTask, staging: "Staging", ids: list[str], pending: list[int]) -> Iterator[list[tuple[int, str | None]]]:
+        """Yield [(row, error or None), ...] as chunks of images finish, here or on the dask cluster.
+
+        On the cluster, images go out in chunks sized to take about CHUNK_SECONDS each (one image per
+        task until the first ones are timed; never more than a sixteenth of a worker's share), and
+        at most two chunks per worker thread are in flight: memory stays flat, progress stays
+        per image for slow stages, and a kill loses only what is in flight.
+        """
         if not pending:
             return
         threads = self.params.torch_threads
         if self.params.in_process:
             _set_torch_threads(threads)
             for i in pending:
-                yield compute_image(staging, i, ids[i], task, threads)
+                yield compute_images(staging, [(i, ids[i])], task, threads)[0]
             return
         from dask.distributed import as_completed
 
         client = self.client()
         token = _token(task)
         [task_ref] = client.scatter([task], broadcast=True, hash=False)
-        todo = iter(pending)
-
-        def submit(i: int):
-            return client.submit(compute_image, staging, i, ids[i], task_ref, threads, key=f"image-{token}-{i}", pure=False)
-
-        # a bounded window of images in flight: memory stays flat, and a kill loses only that many
         window = max(2, 2 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
-        running = as_completed([submit(i) for i in itertools.islice(todo, window)])
+        largest = max(1, len(pending) // (8 * window))
+        todo = iter(pending)
+        per_image: list[float] = []
+
+        def submit():
+            size = 1 if not per_image else int(min(largest, max(1, CHUNK_SECONDS / max(np.median(per_image), 1e-6))))
+            chunk = [(i, ids[i]) for i in itertools.islice(todo, size)]
+            if not chunk:
+                return None
+            return client.submit(compute_images, staging, chunk, task_ref, threads,
+                                 key=f"images-{token}-{chunk[0][0]}", pure=False)
+
+        running = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
         for future in running:
-            yield future.result()
-            nxt = next(todo, None)
+            results, seconds = future.result()
+            per_image.append(seconds / len(results))
+            yield results
+            nxt = submit()
             if nxt is not None:
-                running.add(submit(nxt))
+                running.add(nxt)
 
     # ------------------------------------------------------------------ whole-run work
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, desc: str = "items", unit: str = "it",
@@ -240,11 +262,6 @@ def _forget_changed(task: ImageTask, store: ImageStore, ids: list[str]) -> None:
     store.forget(changed)
 
 
-def _remaining(store: ImageStore, block: range) -> list[int]:
-    done, staged = store.done(), store.staged_indices()
-    return [i for i in block if not done[i] and i not in staged]
-
-
 # Per-worker-process cache of built image functions, keyed by the task's pickle digest: models
 # are loaded once per worker, not once per image.
 _BUILT: dict[str, ImageFn] = {}
@@ -269,17 +286,50 @@ def _set_torch_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def compute_image(staging: "Staging", index: int, image_id: str, task: ImageTask, torch_threads: int) -> tuple[int, str | None]:
-    """Compute one image and stage it durably; runs on a worker. Returns (row, error message or None)."""
+def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: ImageTask,
+                   torch_threads: int) -> tuple[list[tuple[int, str | None]], float]:
+    """Compute and stage a chunk of (row, image id); runs on a worker.
+
+    Returns ([(row, error message or None), ...], seconds spent).
+    """
+    start = time.perf_counter()
     _set_torch_threads(torch_threads)
-    try:
-        digest = task.input_digest(image_id)
-        values = staging.check(image_id, _built(task, torch_threads)(image_id))
-    except Exception as err:  # one bad image must not stop the others
-        log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
-        return index, _describe(err)
-    staging.stage(index, image_id, values, digest)
-    return index, None
+    results = []
+    for index, image_id in chunk:
+        try:
+            digest = task.input_digest(image_id)
+            values = staging.check(image_id, _built(task, torch_threads)(image_id))
+        except Exception as err:  # one bad image must not stop the others
+            log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
+            results.append((index, _describe(err)))
+            continue
+        staging.stage(index, image_id, values, digest)
+        results.append((index, None))
+    return results, time.perf_counter() - start
+
+
+class _Packer:
+    """Packs finished blocks into the store's shards: on the workers (one task per block, so each
+    shard still has one writer) or here when running in process."""
+
+    def __init__(self, runner: "Runner", store: ImageStore) -> None:
+        self.runner, self.store, self.futures = runner, store, []
+
+    def pack(self, block: range) -> None:
+        if self.runner.params.in_process:
+            self.store.pack_block(block)
+        else:
+            self.futures.append(self.runner.client().submit(
+                pack_block, str(self.store.path), block.start, block.stop, pure=False))
+
+    def wait(self) -> None:
+        for future in self.futures:
+            future.result()
+
+
+def pack_block(path: str, start: int, stop: int) -> int:
+    """Pack one block of a store (a worker's half of `_Packer`)."""
+    return ImageStore(path, writable=True).pack_block(range(start, stop))
 
 
 def _describe(err: Exception) -> str:

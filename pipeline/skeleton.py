@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -91,7 +91,6 @@ class Summary:
     computed: int = 0
     reused: int = 0
     failed: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def add(self, report: Any) -> None:
         self.computed += report.computed
@@ -125,9 +124,7 @@ class StageContext:
 
         `extra` holds values that decide the output but are not params (e.g. resolved model sizes).
         """
-        values = {k: v for k, v in declared_values(self._params, self.spec.params).items() if k not in exclude}
-        if exclude:  # a dotted key inside a declared section
-            values = _drop_nested(values, exclude)
+        values = _without(declared_values(self._params, self.spec.params), exclude)
         return provenance.stamp(self.spec.name, {**values, **extra}, code=self.code_digest, inputs=inputs)
 
     # ------------------------------------------------------------------ inputs
@@ -161,7 +158,7 @@ class StageContext:
         `key` matches), mark it complete and return (store, report). `files` are per-image PNG outputs
         (pipeline.store.image_store.FileSpec). With `allow_failures` failed images are left out
         (`report.failures`) instead of failing the stage."""
-        from pipeline.runner import ImageFailures, RunReport
+        from pipeline.runner import ImageFailures
         from pipeline.store.image_store import ImageStore
 
         store = ImageStore.create_or_resume(out, ids=ids, specs=specs, key=key, attrs=attrs, shard_images=shard_images,
@@ -169,11 +166,9 @@ class StageContext:
         try:
             report = self.runner.run(task, store, desc=desc)
         except ImageFailures as err:
-            if not allow_failures:
-                self.summary.failed += len(err.failures)
+            if not allow_failures or err.report is None:
                 raise
-            done = int(store.done().sum())
-            report = RunReport(computed=done, reused=0, failures=err.failures)
+            report = err.report
         self.summary.add(report)
         store.mark_complete({"fingerprint": attrs.get("fingerprint", key)}, allow_missing=allow_failures)
         return store, report
@@ -207,16 +202,23 @@ def run_stage(spec: StageSpec, body: Callable[[StageContext], Any], *, params_pa
     line = f"{spec.name}: done in {time.perf_counter() - start:.1f} s"
     if s.images:
         line += f"; {s.images} images ({s.computed} computed, {s.reused} reused, {s.failed} failed)"
-    if s.notes:
-        line += "; " + "; ".join(s.notes)
     print(line, flush=True)
     return result, s
 
 
-def _drop_nested(values: dict[str, Any], exclude: Sequence[str]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+def _without(values: dict[str, Any], exclude: Sequence[str]) -> dict[str, Any]:
+    """`values` ({declared key: plain value}) less the `exclude`d dotted keys, at any depth."""
+    out = {k: v for k, v in values.items() if k not in exclude}
     for key in exclude:
-        for section in out:
-            if key.startswith(section + "."):
-                out[section].pop(key[len(section) + 1:], None)
+        for declared, value in out.items():
+            if key.startswith(declared + "."):
+                *path, leaf = key[len(declared) + 1:].split(".")
+                out[declared] = value = _copy(value)
+                for part in path:
+                    value = value[part]
+                value.pop(leaf, None)
     return out
+
+
+def _copy(value: Any) -> Any:
+    return {k: _copy(v) for k, v in value.items()} if isinstance(value, dict) else value

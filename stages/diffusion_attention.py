@@ -108,6 +108,7 @@ def _index_digests(index: str, splits: tuple[str, ...]) -> dict[str, bytes]:
 
 def body(ctx: StageContext) -> dict:
     """Compute (or reuse) the store for the splits of the params, mark it complete, write the metric."""
+    from pipeline.models.sd_config import weights_fingerprint
     from pipeline.params import ParamsError
     from pipeline.store.image_store import ArraySpec
 
@@ -120,8 +121,6 @@ def body(ctx: StageContext) -> dict:
                           f"{list(splits)} (add it to diffusion_attention.splits, or set eval_images: 0)")
     ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
     geo = geometry(cfg, sd.sd.model)
-    from pipeline.models.sd_config import weights_fingerprint
-
     weights = weights_fingerprint(sd.sd.model)
     extra = {"geometry": asdict(geo), "weights": weights, "splits": list(splits)}
     key = ctx.stamp(exclude=EVAL_ONLY, **extra)  # the resume key: per-image index digests cover the images

@@ -3,6 +3,7 @@ every later stage reads (layout: pipeline.store.dataset_index)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +36,22 @@ class ValidateTask:
     split: str
     class_names_file: str | None = None
 
-    def _dataset(self):
-        from pipeline.data.datasets import open_dataset
-
-        return open_dataset(self.kind, self.root, self.split, class_names_file=self.class_names_file)
-
     def build(self):
         from pipeline.data.indexing import record_arrays
 
-        dataset = self._dataset()
+        dataset = _dataset(self)
         return lambda image_id: record_arrays(dataset.validate(image_id))
 
     def input_digest(self, image_id: str) -> bytes:
-        return self._dataset().digest(image_id)
+        return _dataset(self).digest(image_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(task: ValidateTask):
+    """The split, opened once per process (its split list is read once, not once per image)."""
+    from pipeline.data.datasets import open_dataset
+
+    return open_dataset(task.kind, task.root, task.split, class_names_file=task.class_names_file)
 
 
 def body(ctx: StageContext) -> dict[str, int]:

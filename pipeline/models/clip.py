@@ -53,6 +53,8 @@ from .hub import hf_hub_cache_dir, hub_offline, offline_remedy, unreachable_reas
 
 logger = logging.getLogger(__name__)
 
+from pipeline import atomic
+
 TINY_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "clip"
 #: the shipped tiny CLIP (checkpoint + manifest.json), wherever the package is and whatever the cwd
 TINY_CLIP_DIR = Path(__file__).resolve().parent / "weights" / "diclip-tiny-clip"
@@ -191,14 +193,15 @@ def save_clip_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    def write(tmp: Path) -> None:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(tmp))
-    else:
-        torch.save({"state_dict": state}, tmp)
-    os.replace(tmp, path)
+            save_file(state, str(tmp))
+        else:
+            torch.save({"state_dict": state}, tmp)
+
+    atomic.write_with(path, write)
     logger.info("saved CLIP checkpoint (%d tensors) to %s", len(state), path)
     return path
 

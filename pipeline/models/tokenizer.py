@@ -29,6 +29,8 @@ from transformers import CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
+from pipeline import atomic
+
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 BOS_TOKEN = "<|startoftext|>"
@@ -62,9 +64,7 @@ def write_clip_bpe_files(out_dir: str | os.PathLike[str]) -> Path:
         MERGES_FILE: "#version: 0.2\n" + "\n".join(merges) + "\n",
     }
     for name, text in payloads.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        atomic.write_text(out / name, text)
     logger.info("wrote CLIP BPE tokenizer files (%d tokens, %d merges) to %s", len(vocab), len(merges), out)
     return out
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import atomic
+
 MANIFEST_NAME = "manifest.json"
 
 # manifest key -> module carrying ``__version__``
@@ -36,12 +38,7 @@ def manifest_path(out_dir: str | os.PathLike[str]) -> Path:
 
 def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
     """Write ``manifest`` (through :func:`jsonable`) as ``out_dir/manifest.json``, atomically; creates ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path, tmp = manifest_path(out_dir), out_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(jsonable(manifest), indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(manifest_path(out_dir), json.dumps(jsonable(manifest), indent=1, sort_keys=False) + "\n")
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

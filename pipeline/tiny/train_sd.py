@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from pipeline import atomic
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
 from pipeline.models.diffusion import DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_tiny_sd_config
 from pipeline.tiny.manifest import library_versions, write_manifest
@@ -412,22 +412,13 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
 
 def save_pipeline(pipe: Any, out_dir: Path, record: dict[str, Any]) -> None:
     """``pipe.save_pretrained`` in fp16 safetensors plus ``manifest.json``, written beside and renamed in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the shipped directory is an ordinary one
-    try:
+    def write(tmp: Path) -> None:
         pipe.to(dtype=torch.float16)
         pipe.save_pretrained(tmp, safe_serialization=True)
         pipe.to(dtype=torch.float32)
         write_manifest(tmp, record)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic.write_with(out_dir, write)
 
 
 def _check_replaceable(out_dir: Path) -> None:
