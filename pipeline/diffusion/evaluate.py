@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pipeline.diffusion.baselines import colour_kmeans
-from pipeline.metrics import best_match_iou, upsample_labels
+from pipeline.metrics import best_match_iou, cluster_map_iou
 
 
 def evaluate_clusters(
@@ -24,11 +24,11 @@ def evaluate_clusters(
         m = mask(image_id)
         h, k = clusters(image_id)
         ks.append(k)
-        scores["acr"].append(best_match_iou(upsample_labels(h, m.shape), m))
+        scores["acr"].append(cluster_map_iou(h, m))
         if baseline is not None:
             rgb = image(image_id)
             untrained = baseline(rgb, image_id)["hard"]
-            scores["untrained_unet"].append(best_match_iou(upsample_labels(untrained, m.shape), m))
+            scores["untrained_unet"].append(cluster_map_iou(untrained, m))
             scores["colour_kmeans"].append(best_match_iou(colour_kmeans(rgb, max(2, k)), m))
     metric: dict[str, Any] = {
         "images": len(ids),
