@@ -16,6 +16,15 @@ from pipeline.params.presets import apply_preset, list_presets
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def file_error(tmp_path: Path, text: str, read=load_params) -> tuple[Path, str]:
+    """(the params file, the message `read` refuses it with)."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        read(path)
+    return path, str(info.value)
+
+
 def test_the_shipped_params_file_is_valid_and_overrides_defaults():
     params = load_params(ROOT / "params.yaml")
     assert params.dataset.root == "artifacts/shapes"
@@ -147,11 +156,8 @@ def test_a_preset_applies_to_a_utf16_params_file_and_writes_utf8(tmp_path):
     ("- dataset\n- runner\n", "a list: ['dataset', 'runner']"),
 ])
 def test_only_an_empty_file_means_all_defaults(tmp_path, text, found):
-    path = tmp_path / "p.yaml"
-    path.write_text(text)
-    with pytest.raises(ParamsError) as info:
-        load_params(path)
-    assert str(info.value) == (
+    path, message = file_error(tmp_path, text)
+    assert message == (
         f"{path}: expected a mapping of params sections (dataset:, runner:, ...) or an empty file, got {found}"
     )
     with pytest.raises(ParamsError, match="expected a mapping of params sections"):
@@ -185,14 +191,10 @@ def test_non_string_keys_in_a_file_are_rejected_by_name(tmp_path):
     ("shapes: {world: {image_size: 64, image_size: 32}}\n", "duplicate key shapes.world.image_size on lines 1 and 1"),
 ])
 def test_duplicate_keys_are_rejected_with_both_lines(tmp_path, text, message):
-    path = tmp_path / "p.yaml"
-    path.write_text(text)
-    with pytest.raises(ParamsError) as info:
-        load_params(path)
-    assert str(info.value).startswith(f"{path}: {message}")
-    with pytest.raises(ParamsError) as info:
-        apply_preset(path, "voc")
-    assert str(info.value).startswith(f"{path}: {message}")
+    path, loaded = file_error(tmp_path, text)
+    assert loaded.startswith(f"{path}: {message}")
+    _, preset = file_error(tmp_path, text, read=lambda p: apply_preset(p, "voc"))
+    assert preset.startswith(f"{path}: {message}")
 
 
 def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
