@@ -134,3 +134,15 @@ def test_an_existing_cluster_is_used_when_its_address_is_given(tmp_path, monkeyp
     assert logs == worker_pids, "images were computed outside the given cluster"
     assert sorted(computed_ids(tmp_path)) == store.ids()
     assert_planted(store)
+
+
+def _environment() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def test_local_cluster_workers_get_thread_limits_and_keep_glibc_adaptive_malloc():
+    """distributed's default MALLOC_TRIM_THRESHOLD_ makes torch stages spend half their time in the kernel."""
+    with Runner(RunnerParams(n_workers=1, torch_threads=1)) as runner:
+        [env] = runner.client().run(_environment).values()
+    assert "MALLOC_TRIM_THRESHOLD_" not in env
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
