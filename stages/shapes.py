@@ -40,11 +40,11 @@ def generate(ctx: StageContext, *, seed: int | None = None, image_size: int | No
 
     p = ctx.params.shapes
     world = dataclasses.replace(p.world, image_size=image_size) if image_size else p.world
+    splits = splits or p.splits
     out = ctx.path(artifacts.SHAPES)
-    generate_dataset(out, splits=splits or p.splits, seed=p.seed if seed is None else seed, config=world,
+    generate_dataset(out, splits=splits, seed=p.seed if seed is None else seed, config=world,
                      map_chunks=ctx.runner.map, overwrite=overwrite)
-    ctx.summary.images = sum((splits or p.splits).values())
-    ctx.summary.computed = ctx.summary.images
+    ctx.summary.images = ctx.summary.computed = sum(splits.values())
     return out
 
 
