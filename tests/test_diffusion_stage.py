@@ -20,7 +20,6 @@ from pipeline.skeleton import run_stage
 from stages import diffusion_attention as stage
 from tests.kill_run import run_killed_after
 
-ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL = 10, 6
 
 
@@ -173,17 +172,9 @@ def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_pat
 def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
     import shutil
 
-    from tests.test_dvc_pipeline import CODE, edit_params, ran, run
+    from tests.test_dvc_pipeline import commit, copy_repo, edit_params, ran, run
 
-    repo = tmp_path / "repo"
-    for name in CODE:
-        src = ROOT / name
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "diclip-tiny-sd"))
-        else:
-            shutil.copy2(src, repo / name)
-    (repo / "artifacts").mkdir()
+    repo = copy_repo(tmp_path / "repo", leave_out=("diclip-tiny-sd",))
     # the untrained tiny SD stands in for the shipped one, at the path params and dvc.yaml name
     shutil.copytree(world["model"], repo / "pipeline/models/weights/diclip-tiny-sd")
 
@@ -193,10 +184,7 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
         p.setdefault("diffusion_attention", {}).update(eval_images=2, shard_images=4, image_size=64)  # native size: fast
 
     edit_params(repo, small)
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-    run(["git", "init", "-q"], repo)
-    run([*git, "add", "-A"], repo)
-    run([*git, "commit", "-qm", "init"], repo)
+    commit(repo)
 
     first = run(["dvc", "repro", "diffusion_attention"], repo)
     assert ran(first) == {"shapes_world", "prepare", "diffusion_attention"}

@@ -33,12 +33,13 @@ def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-def copy_repo(repo: Path) -> Path:
+def copy_repo(repo: Path, *, leave_out: tuple[str, ...] = ()) -> Path:
+    """A copy of the repo's pipeline files in `repo` (folders named in `leave_out` are not copied)."""
     for name in CODE:
         src = ROOT / name
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", *leave_out))
         else:
             shutil.copy2(src, repo / name)
     (repo / "artifacts").mkdir()
