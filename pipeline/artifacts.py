@@ -23,10 +23,10 @@ class Artifact:
 
 SHAPES = Artifact("shapes", "artifacts/shapes", "the shapes-world dataset folder (VOC layout, class_names.txt)")
 INDEX = Artifact("index", "artifacts/index", "dataset index: ids, image-level labels, sizes, digests, fingerprint")
-DIFFUSION = Artifact("diffusion", "artifacts/diffusion.zarr", "per-image Stable Diffusion attention clusters (zarr)")
+DIFFUSION = Artifact("diffusion", "artifacts/diffusion.zarr", "per-image SD attention clusters, refined correlation R and transition P (zarr)")
 DIFFUSION_METRIC = Artifact(
     "diffusion_metric", "artifacts/metrics/diffusion_attention.json",
-    "cluster best-match IoU with the object masks, beside baselines", metric=True,
+    "cluster best-match IoU with the object masks for both recipes and baselines; P's kept mass", metric=True,
 )
 
 ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC)

@@ -21,7 +21,8 @@ def main(verbose: int, quiet: bool) -> None:
     """diclip: DiCLIP weakly supervised segmentation as a reproducible DVC pipeline.
 
     Stages (run them all with `dvc repro`; each reads params.yaml): shapes generate (demo data),
-    prepare (validate + index the dataset), diffusion-attention (SD self-attention + ACR clusters).
+    prepare (validate + index the dataset), diffusion-attention (SD self-attention -> clusters,
+    refined correlation R, RAR transition P).
     Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
     shapes pretrain-sd. Utilities: params (check, show, preset).
     """

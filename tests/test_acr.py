@@ -1,4 +1,4 @@
-"""ACR on planted attention recovers the planted partition; symmetric KL; the correlation matrix."""
+"""ACR (the `acr` recipe) on planted attention recovers the planted partition; symmetric KL."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.diffusion.acr import ACRConfig, acr, anchor_indices, merge_proposals, symmetric_kl
-from pipeline.diffusion.correlation import cluster_correlation, one_hot_maps
 
 ACR = ACRConfig(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
 
@@ -123,11 +121,11 @@ def test_acr_rejects_a_wrong_shape():
 
 
 def test_acr_config_defaults_validation_and_reading_from_params():
-    from pipeline.params.sections import DiffusionAttentionParams  # the stage's params: same defaults
+    from pipeline.params.sections import AcrRecipeParams  # the recipe's params: same defaults
 
     assert ACRConfig() == ACRConfig(anchor_grid=16, merge_kl=0.005, merge_rounds=3, max_clusters=16, kmeans_iters=10)
-    assert ACRConfig.from_fields(DiffusionAttentionParams()) == ACRConfig()
-    assert ACRConfig.from_fields(DiffusionAttentionParams(max_clusters=12, merge_kl=0.5)) == \
+    assert ACRConfig.from_fields(AcrRecipeParams()) == ACRConfig()
+    assert ACRConfig.from_fields(AcrRecipeParams(max_clusters=12, merge_kl=0.5)) == \
         ACRConfig(max_clusters=12, merge_kl=0.5)
     for field, bad in [("merge_kl", 0.0), ("merge_kl", -1.0), ("merge_kl", float("nan")), ("anchor_grid", 0),
                        ("merge_rounds", -1), ("max_clusters", 0), ("kmeans_iters", -1), ("max_clusters", 2.5),
@@ -158,37 +156,3 @@ def test_symmetric_kl_matches_its_definition():
     dd = symmetric_kl(p, p)
     np.testing.assert_allclose(dd, dd.T)
     np.testing.assert_allclose(np.diag(dd), 0, atol=1e-9)
-
-
-# ------------------------------------------------------------------------------ correlation
-def test_correlation_of_hard_maps_is_the_same_cluster_indicator():
-    labels = np.kron(planted_partition(8, 8), np.ones((2, 2), dtype=np.int64))  # 16x16, groups aligned to 2x2
-    corr = cluster_correlation(one_hot_maps(labels, 5), 8)
-    assert corr.shape == (64, 64) and corr.dtype == np.float32
-    np.testing.assert_array_equal(corr, corr.T)
-    flat = planted_partition(8, 8).ravel()
-    np.testing.assert_allclose(corr, (flat[:, None] == flat[None, :]).astype(np.float32), atol=1e-6)
-
-
-def test_correlation_of_soft_maps_is_symmetric_with_block_structure():
-    labels = planted_partition()
-    result = acr(planted_attention(labels, seed=0), 16, ACR)
-    soft = np.concatenate([result.soft, np.zeros((3, 16, 16), np.float32)])  # stored padding adds nothing
-    for grid in (16, 8, 5):
-        corr = cluster_correlation(soft, grid)
-        assert corr.shape == (grid * grid, grid * grid)
-        np.testing.assert_array_equal(corr, corr.T)
-        assert corr.min() >= -1e-6 and corr.max() <= 1 + 1e-5
-        np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-5)
-    corr16 = cluster_correlation(soft, 16)
-    flat = labels.ravel()
-    same = flat[:, None] == flat[None, :]
-    assert corr16[same].min() > 0.9 and corr16[~same].max() < 0.2  # blocks: every within-group value above every cross-group one
-
-
-def test_correlation_keeps_batch_dims_and_tensor_type():
-    labels = planted_partition()
-    maps = torch.from_numpy(one_hot_maps(labels, 5))
-    corr = cluster_correlation(torch.stack([maps, maps.flip(-1)]), 4)
-    assert isinstance(corr, torch.Tensor) and corr.shape == (2, 16, 16)
-    assert torch.equal(corr, corr.transpose(1, 2))

@@ -23,9 +23,15 @@ from tests.kill_run import run_killed_after
 N_TRAIN, N_VAL = 10, 6
 
 
+# the untrained tiny SD at its native 64 px: correlation layer 8x8 tokens (16 heads), RAR layer 16x16 (8 heads)
+TINY = {"image_size": 64, "timestep": 100, "grid": 8,
+        "diclip": {"layer": "up_blocks.1.attentions.1.transformer_blocks.0.attn1", "heads": [1, 2]},
+        "transition": {"layer": "up_blocks.2.attentions.0.transformer_blocks.0.attn1", "heads": [1, 2], "topk": 32}}
+
+
 def params(model, runner=None, **overrides):
     return parse_params({
-        "diffusion_attention": {"shard_images": 4, "eval_images": 4, **overrides},
+        "diffusion_attention": {**TINY, "shard_images": 4, "eval_images": 4, **overrides},
         "models": {"sd": {"model": str(model)}, "device": "cpu"},
         "runner": runner or {"in_process": True},
     })
@@ -65,9 +71,10 @@ def finished(world):
 
 
 def test_store_layout_attributes_and_metric(world, finished):
+    import torch
+
     from pipeline.diffusion.baselines import colour_kmeans
-    from pipeline.diffusion.correlation import cluster_correlation
-    from pipeline.metrics import best_match_iou, upsample_labels
+    from pipeline.metrics import best_match_iou, cluster_map_iou
     from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.diffusion_maps import DiffusionMaps
 
@@ -80,32 +87,36 @@ def test_store_layout_attributes_and_metric(world, finished):
     attrs = maps.attrs
     assert attrs["complete"] and attrs["stage"] == "diffusion_attention" and len(attrs["params_hash"]) == 16
     assert "code_version" not in attrs and len(attrs["code_digest"]) == 16 and attrs["inputs"] == {"index": index.fingerprint}
-    assert attrs["model"] == str(world["model"]) and attrs["timestep"] == 100
-    assert (attrs["image_size"], attrs["latent_size"], attrs["cluster_grid"], attrs["attention_grid"]) == (64, 16, 16, 8)
+    assert attrs["model"] == str(world["model"]) and attrs["timestep"] == 100 and attrs["recipe"] == "diclip"
+    assert (attrs["image_size"], attrs["latent_size"], attrs["grid"], attrs["max_clusters"]) == (64, 16, 8, 16)
+    assert attrs["transition"] == {"layer": TINY["transition"]["layer"], "heads": [1, 2], "sharpen": 0.02, "grid": 16, "k": 32}
     assert attrs["splits"] == {"train": N_TRAIN, "val": N_VAL}
     specs = {s.name: (s.shape, s.dtype) for s in maps.store.specs}
-    assert specs == {"soft": ((16, 16, 16), "float16"), "hard": ((16, 16), "uint8"), "k": ((), "int32"),
-                     "attention": ((64, 64), "float16")}
-    assert len(list((out / "soft" / "c").iterdir())) == 4  # one shard file per block of 4 images
+    assert specs == {"clusters": ((8, 8), "uint8"), "k": ((), "int32"), "rows": ((16, 64), "float16"),
+                     "transition_values": ((256, 32), "float16"), "transition_index": ((256, 32), "int16"),
+                     "transition_kept": ((), "float32"), "transition_truncated": ((), "float32")}
+    assert len(list((out / "rows" / "c").iterdir())) == 4  # one shard file per block of 4 images
     for image_id in (maps.ids[0], maps.ids[-1]):
-        soft, hard = maps.clusters(image_id)
-        k = len(soft)
-        assert 1 <= k <= 16 and soft.shape == (k, 16, 16) and hard.max() < k
-        np.testing.assert_allclose(soft.sum(0), 1.0, atol=2e-2)  # fp16 storage
-        attention = maps.attention(image_id)
-        assert attention.shape == (64, 64) and np.allclose(attention.sum(1), 1.0, atol=1e-5)
-        corr = cluster_correlation(soft, 8)
-        assert corr.shape == (64, 64) and np.array_equal(corr, corr.T)
+        clusters, k = maps.clusters(image_id)
+        assert 1 <= k <= 16 and clusters.shape == (8, 8) and set(np.unique(clusters)) == set(range(k))
+        r = maps.correlation(image_id)
+        # rows are cluster means of A's rows, which sum to 1 or, where the threshold emptied them, to less
+        assert r.shape == (64, 64) and (r >= 0).all() and (r.sum(1) <= 1 + 2e-3).all() and r.sum(1).max() > 0.9
+        same = clusters.reshape(-1)[:, None] == clusters.reshape(-1)[None, :]
+        assert all(np.array_equal(r[i], r[j]) for i, j in zip(*np.nonzero(same)))  # constant within a cluster
+        p = maps.transition(image_id)
+        assert p.shape == (256, 256) and np.allclose(p.sum(1), 1.0, atol=2e-3) and (np.count_nonzero(p, 1) <= 32).all()
     # the metric is the stored maps scored against the first 4 val masks (recomputed here independently)
     images = index.images(["val"])
     ids = index.ids("val")[:4]
-    acr = [best_match_iou(upsample_labels(maps.clusters(i)[1], images.load_mask(i).shape), images.load_mask(i)) for i in ids]
-    colour = [best_match_iou(colour_kmeans(images.load_image(i), max(2, len(maps.clusters(i)[0]))), images.load_mask(i))
-              for i in ids]
-    assert metric["split"] == "val" and metric["images"] == 4
-    assert metric["acr_best_match_iou"] == pytest.approx(np.nanmean(acr))
+    ours = [cluster_map_iou(maps.clusters(i)[0], images.load_mask(i)) for i in ids]
+    colour = [best_match_iou(colour_kmeans(images.load_image(i), max(2, maps.clusters(i)[1])), images.load_mask(i)) for i in ids]
+    assert metric["split"] == "val" and metric["images"] == 4 and metric["recipe"] == "diclip"
+    assert metric["diclip_best_match_iou"] == pytest.approx(np.nanmean(ours))
     assert metric["colour_kmeans_best_match_iou"] == pytest.approx(np.nanmean(colour))
-    assert "untrained_unet_best_match_iou" in metric
+    assert {"acr_best_match_iou", "untrained_unet_best_match_iou"} <= set(metric)
+    kept = maps.store.read("transition_kept")
+    assert metric["transition_kept_mass"] == pytest.approx(float(kept.mean())) and 0 < metric["transition_kept_mass"] <= 1
     assert json.loads(out.with_suffix(".json").read_text()) == metric
 
 
@@ -118,13 +129,31 @@ def test_finished_store_is_kept_and_params_change_recomputes(world, finished, tm
     ref, _, _ = finished
     out = tmp_path / "diffusion.zarr"
     shutil.copytree(ref, out)
-    metric, again = run(world, out, eval_images=2, eval_baselines=False)
+    metric, again = run(world, out, eval_images=2, eval_baselines=False, compare_recipes=False)
     assert again.computed == 0 and again.reused == N_TRAIN + N_VAL and metric["images"] == 2  # eval-only params
-    assert "untrained_unet_best_match_iou" not in metric
-    _, changed = run(world, out, merge_kl=0.5, store_attention=False, eval_images=0)
-    assert changed.computed == N_TRAIN + N_VAL
-    with pytest.raises(StoreError, match="store_attention"):
-        DiffusionMaps.open(out).attention(DiffusionMaps.open(out).ids[0])
+    assert "untrained_unet_best_match_iou" not in metric and "acr_best_match_iou" not in metric
+    metric, changed = run(world, out, recipe="acr", transition={**TINY["transition"], "topk": 0}, eval_images=2,
+                          eval_baselines=False)
+    assert changed.computed == N_TRAIN + N_VAL and metric["recipe"] == "acr" and "diclip_best_match_iou" in metric
+    maps = DiffusionMaps.open(out)
+    assert maps.attrs["max_clusters"] == 16 and maps.transition_grid is None
+    with pytest.raises(StoreError, match="transition.topk was 0"):
+        maps.transition(maps.ids[0])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("diclip", {"layer": "up_blocks.9.attn1", "heads": [0]},
+     r"diffusion_attention.diclip.layer 'up_blocks.9.attn1' is not a self-attention layer of this UNet; valid layers:\n"
+     r"  down_blocks.0.attentions.0.transformer_blocks.0.attn1 \(8 heads\)"),
+    ("transition", {"layer": "up_blocks[2].attentions[0].transformer_blocks[0].attn1", "heads": [8]},
+     r"diffusion_attention.transition.layer 'up_blocks.2.attentions.0.transformer_blocks.0.attn1' has heads 0..7; got heads \[8\]"),
+])
+def test_unknown_layers_and_heads_are_refused_before_anything_is_written(world, tmp_path, key, value, message):
+    from pipeline.params import ParamsError
+
+    with pytest.raises(ParamsError, match=message):
+        run(world, tmp_path / "d.zarr", **{key: value})
+    assert not (tmp_path / "d.zarr").exists()
 
 
 def test_metric_split_must_be_computed(world, tmp_path):
@@ -163,9 +192,20 @@ def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_pat
     assert resumed.reused == 5
     a, b = ImageStore.open(out), ImageStore.open(ref)
     assert a.attrs["key"] == b.attrs["key"]
-    for name in ("k", "hard", "soft", "attention"):  # same bytes as the uninterrupted in-process run
-        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+    for spec in b.specs:  # same bytes as the uninterrupted in-process run
+        np.testing.assert_array_equal(a.read(spec.name), b.read(spec.name), err_msg=spec.name)
     assert not out.with_name(out.name + ".staging").exists()
+
+
+def test_one_and_two_workers_write_identical_stores(world, finished, tmp_path):
+    from pipeline.store.image_store import ImageStore
+
+    ref, _, _ = finished
+    out = tmp_path / "diffusion.zarr"
+    run(world, out, runner={"n_workers": 1}, eval_images=0)  # a LocalCluster of one worker; the reference ran in process
+    a, b = ImageStore.open(out), ImageStore.open(ref)
+    for spec in b.specs:
+        np.testing.assert_array_equal(a.read(spec.name), b.read(spec.name), err_msg=spec.name)
 
 
 # ------------------------------------------------------------------------------ DVC
@@ -181,7 +221,7 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
     def small(p):
         p["shapes"]["splits"] = {"train": 8, "val": 4}
         p["models"]["sd"]["model"] = "pipeline/models/weights/diclip-tiny-sd"
-        p.setdefault("diffusion_attention", {}).update(eval_images=2, shard_images=4, image_size=64)  # native size: fast
+        p.setdefault("diffusion_attention", {}).update(eval_images=2, shard_images=4)
 
     edit_params(repo, small)
     commit(repo)
@@ -192,7 +232,7 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
     assert metric["images"] == 2
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == set()
 
-    edit_params(repo, lambda p: p["diffusion_attention"].update(merge_kl=0.5))
+    edit_params(repo, lambda p: p["diffusion_attention"]["diclip"].update(threshold=0.3))
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"diffusion_attention"}
 
     edit_params(repo, lambda p: p["runner"].update(n_workers=1))  # results never depend on the runner

@@ -95,7 +95,9 @@ def test_presets_switch_the_dataset_and_keep_comments(tmp_path):
     assert params.models.sd.model == "stabilityai/stable-diffusion-2-1-base"
     text = path.read_text()
     assert "# fail | skip" in text  # comments survive the edit
-    assert params.diffusion_attention.image_size is None  # SD 2.1 at its native 512 px, not the demo's 256
+    da = params.diffusion_attention  # DiCLIP on SD 2.1-base, not the demo's tiny-SD values
+    assert (da.image_size, da.timestep, da.grid, da.diclip.heads) == (320, None, 20, (1, 2))
+    assert da.diclip.layer == "up_blocks.1.attentions.2.transformer_blocks.0.attn1"
     apply_preset(path, "shapes")
     assert load_params(path).dataset == Params().dataset
     assert load_params(path).models == Params().models

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.diffusion.selected import tapped_processors
+
 # SD's training noise schedule (scaled-linear betas 0.00085..0.012 over 1000 steps): used to add
 # noise when no scheduler is given.
 _SD_BETAS = (0.00085, 0.012, 1000)
@@ -326,6 +328,8 @@ def capture_self_attention(
     alphas_cumprod: torch.Tensor | None = None,
     block_bytes: int = 8 << 20,
     layer_maps: dict[str, torch.Tensor] | None = None,
+    taps: Sequence = (),
+    sink: dict | None = None,
 ) -> torch.Tensor:
     """Aggregated self-attention of one UNet forward, (B, grid^2, grid^2) float32, rows sum to 1.
 
@@ -341,6 +345,8 @@ def capture_self_attention(
         block_bytes: memory budget of one block of attention scores/probabilities.
         layer_maps: when a dict is given, every layer's own (B, n, n) float32 head-mean map is put
             in it under the layer's module path (tests and inspection; costs memory).
+        taps, sink: selected.LayerTap's whose q and k are also recorded into `sink` (the RAR layer
+            of the `acr` recipe).
     """
     param = next(unet.parameters())
     B = latents.shape[0]
@@ -355,7 +361,7 @@ def capture_self_attention(
         text = text.expand(B, *text.shape[1:])
     aggregator = AttentionAggregator(grid, tuple(latents.shape[-2:]), block_bytes=block_bytes, layer_maps=layer_maps)
     t = torch.full((B,), int(timestep), dtype=torch.long, device=param.device)
-    with aggregating_processors(unet, aggregator):
+    with aggregating_processors(unet, aggregator), tapped_processors(unet, taps, {} if sink is None else sink):
         unet(latents.to(param.dtype), t, encoder_hidden_states=text, return_dict=False)
     return aggregator.result()
 
@@ -393,15 +399,23 @@ def encode_prompt(pipe, prompt: str = "") -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(vae, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """(B, C, size/f, size/f) scaled VAE latents (posterior mean) of uint8 (H, W, 3) images resized to size."""
+def encode_images(vae, images: Sequence[np.ndarray], size: int, *, antialias: bool = True,
+                  truncate: bool = False) -> torch.Tensor:
+    """(B, C, size/f, size/f) scaled VAE latents (posterior mean) of uint8 (H, W, 3) images resized to size.
+
+    Bilinear resize (align_corners=False), with antialiasing when shrinking if `antialias`; with
+    `truncate` the resized 0-255 values are truncated to integers first, as DiCLIP's uint8 round
+    trip does. Pixels then map to [-1, 1].
+    """
     param = next(vae.parameters())
     batch = []
     for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)  # (3, H, W) in [-1, 1]
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # (3, H, W) in 0..255
         if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-        batch.append(x)
+            x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)[0]
+        if truncate:
+            x = x.clamp_(0, 255).trunc_()
+        batch.append(x.div_(127.5).sub_(1.0))
     x = torch.stack(batch).to(param.device, param.dtype)
     latents = vae.encode(x).latent_dist.mean
     return latents * vae.config.scaling_factor

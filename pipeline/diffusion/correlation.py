@@ -1,42 +1,93 @@
-"""Patch correlation from stored diffusion cluster maps, for any CLIP patch grid (the VCE bias).
+"""DiCLIP's patch correlation from one self-attention layer, and its cluster-mean refinement R.
 
-method.md: resize the K cluster maps to the g x g patch grid, M (K x g^2), C = normalised M^T M:
-patches in the same diffusion cluster correlate. Normalisation here is cosine: every patch's
-membership vector (a column of M) is L2-normalised, so C[i, j] in [0, 1], C[i, i] = 1 (a patch
-with no mass anywhere has a zero row/column), and for hard (one-hot) maps C[i, j] is 1 exactly when
-patches i and j share a cluster. Pure torch, no files.
+method.md, Stage A 2 and 4 (D). For the selected heads of the correlation layer, queries and keys
+are resampled to the CLIP patch grid g and multiplied without scale or softmax; each head's map is
+column-max normalised, thresholded and row-normalised, and the heads' maps are multiplied in order:
+A (g^2 x g^2), row-stochastic. After clustering (kl_assign), R replaces every row of A by the mean
+row of its cluster: R stays row-stochastic and is constant within a cluster, so it is stored exactly
+as cluster ids plus one row per cluster. CAMs at other scales resample R (both axes bilinear, rows
+renormalised; mirrored for flips). Pure torch, no files, no models.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
 import torch
+import torch.nn.functional as F
 
-from pipeline.diffusion.capture import resize_grids
-
-
-def cluster_correlation(maps: np.ndarray | torch.Tensor, grid: int | tuple[int, int]) -> np.ndarray | torch.Tensor:
-    """(..., K, H, W) cluster maps -> (..., g^2, g^2) float32 symmetric patch correlation.
-
-    `maps` are soft cluster maps (any non-negative weights; zero maps, i.e. the padding after an
-    image's K clusters, contribute nothing) or one-hot hard maps. `grid` is the patch grid g (or
-    (gh, gw)); patch index i is (i // gw, i % gw). Returns the input's type (numpy or torch).
-    """
-    as_numpy = not isinstance(maps, torch.Tensor)
-    x = torch.as_tensor(np.asarray(maps) if as_numpy else maps).float()
-    if x.ndim < 3:
-        raise ValueError(f"maps must be (..., K, H, W), got shape {tuple(x.shape)}")
-    gh, gw = (grid, grid) if isinstance(grid, (int, np.integer)) else grid
-    lead, (K, H, W) = x.shape[:-3], x.shape[-3:]
-    m = resize_grids(x.reshape(-1, H, W), (gh, gw)).reshape(-1, K, gh * gw)  # (B, K, g^2): M per image
-    m = m / m.norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit membership vector per patch
-    corr = m.transpose(1, 2) @ m  # (B, g^2, g^2) = M^T M
-    corr = 0.5 * (corr + corr.transpose(1, 2))  # exact symmetry despite rounding
-    corr = corr.reshape(*lead, gh * gw, gh * gw)
-    return corr.numpy() if as_numpy else corr
+EPS = 1e-5  # DiCLIP's epsilon in both normalisations
 
 
-def one_hot_maps(hard: np.ndarray, k: int) -> np.ndarray:
-    """(H, W) cluster ids -> (k, H, W) float32 one-hot maps (for correlation from the hard map)."""
-    hard = np.asarray(hard)
-    return (hard[None] == np.arange(k)[:, None, None]).astype(np.float32)
+def resize_tokens(x: torch.Tensor, grid_hw: tuple[int, int], size: int) -> torch.Tensor:
+    """(..., n, d) tokens of an (h, w) grid -> (..., size^2, d), bilinear (align_corners=False, no antialias)."""
+    h, w = grid_hw
+    *lead, n, d = x.shape
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not fill an {h}x{w} grid")
+    maps = x.reshape(-1, h, w, d).permute(0, 3, 1, 2)  # (B, d, h, w)
+    if (h, w) != (size, size):
+        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    return maps.permute(0, 2, 3, 1).reshape(*lead, size * size, d)
+
+
+def head_scores(query: torch.Tensor, key: torch.Tensor, grid_hw: tuple[int, int], size: int) -> torch.Tensor:
+    """(heads, n, d) queries and keys -> (heads, size^2, size^2) unscaled products q~ k~^T at the grid."""
+    q, k = resize_tokens(query.float(), grid_hw, size), resize_tokens(key.float(), grid_hw, size)
+    return q @ k.transpose(-1, -2)
+
+
+def normalise_scores(scores: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
+    """Each column over its max across queries (+eps), entries below `threshold` zeroed (negatives
+    too), rows renormalised (+eps): a (..., n, n) matrix of non-negative rows summing to ~1."""
+    s = scores / (scores.amax(dim=-2, keepdim=True) + EPS)
+    s = torch.where(s < threshold, torch.zeros_like(s), s)
+    return s / (s.sum(dim=-1, keepdim=True) + EPS)
+
+
+def head_product(maps: torch.Tensor) -> torch.Tensor:
+    """(heads, n, n) -> their matrix product in head order (a single head is returned as is)."""
+    return functools.reduce(torch.matmul, maps.unbind(0))
+
+
+def layer_correlation(query: torch.Tensor, key: torch.Tensor, grid_hw: tuple[int, int], size: int,
+                      threshold: float = 0.2) -> torch.Tensor:
+    """DiCLIP's A (size^2, size^2) float32 from the selected heads' (heads, n, d) queries and keys."""
+    return head_product(normalise_scores(head_scores(query, key, grid_hw, size), threshold))
+
+
+def cluster_rows(a: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, n) mean row of `a` (n, n) over the members of each cluster (`ids` (n,) in [0, k))."""
+    one_hot = F.one_hot(ids.long(), k).to(a.dtype)  # (n, k)
+    return (one_hot.T @ a) / one_hot.sum(0).clamp_min(1)[:, None]
+
+
+def refine(a: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """R = diag(sizes)^-1 C A: every row of `a` becomes its cluster's mean row (n, n)."""
+    k = int(ids.max()) + 1
+    return cluster_rows(a, ids, k)[ids.long()]
+
+
+def correlation_from_rows(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Dense R (n, n) from its stored form: cluster id per patch (n,) and one row per cluster (k, n)."""
+    return rows.float()[ids.long().reshape(-1)]
+
+
+def resample_correlation(r: torch.Tensor, grid: int, size: int, *, flip: bool = False) -> torch.Tensor:
+    """R (g^2, g^2) on a g x g grid -> (size^2, size^2): keys and queries resampled bilinearly
+    (align_corners=False), rows renormalised; `flip` mirrors both axes (for a flipped image)."""
+    n = grid * grid
+    if r.shape != (n, n):
+        raise ValueError(f"R must be ({n}, {n}) for grid {grid}, got {tuple(r.shape)}")
+    x = r.float().reshape(n, grid, grid)  # each row as a key map
+    if flip:
+        x = x.flip(-1)
+    if size != grid:
+        x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    x = x.reshape(grid, grid, size * size).permute(2, 0, 1)  # (size^2 keys, g, g query grid)
+    if flip:
+        x = x.flip(-1)
+    if size != grid:
+        x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    out = x.reshape(size * size, size * size).T.contiguous()  # (queries, keys)
+    return out / out.sum(-1, keepdim=True).clamp_min(1e-12)

@@ -1,45 +1,63 @@
-"""How well stage A's clusters match objects: best-match IoU of hard cluster maps with object masks,
-beside an untrained-UNet and a colour k-means baseline. Pure functions over arrays and callables."""
+"""How well stage A's clusters match objects: best-match IoU of cluster maps with object masks, beside
+the other recipe, an untrained UNet and colour k-means; and how much of P the stored entries hold.
+Pure functions over arrays and callables."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.diffusion.baselines import colour_kmeans
-from pipeline.metrics import best_match_iou, cluster_map_iou
+from pipeline.metrics import best_match_iou, cluster_map_iou, upsample_labels
 
 
-def evaluate_clusters(
-    ids: Sequence[str], *, clusters: Callable[[str], tuple[np.ndarray, int]], mask: Callable[[str], np.ndarray],
-    image: Callable[[str], np.ndarray], baseline: Callable[[np.ndarray, str], dict[str, np.ndarray]] | None,
-) -> dict[str, Any]:
-    """Mean best-match IoU over `ids` (images with objects) of the stored hard maps (nearest-upsampled to
-    the mask; `clusters(id)` gives (hard map, cluster count)), and, when `baseline` (a clusterer of an untrained UNet) is given, of the baselines: that
-    clusterer's hard map, and colour k-means on pixel RGB with the image's cluster count (at least 2)."""
-    scores: dict[str, list[float]] = {"acr": [], "untrained_unet": [], "colour_kmeans": []}
-    ks = []
-    for image_id in ids:
-        m = mask(image_id)
-        h, k = clusters(image_id)
-        ks.append(k)
-        scores["acr"].append(cluster_map_iou(h, m))
-        if baseline is not None:
-            rgb = image(image_id)
-            untrained = baseline(rgb, image_id)["hard"]
-            scores["untrained_unet"].append(cluster_map_iou(untrained, m))
-            scores["colour_kmeans"].append(best_match_iou(colour_kmeans(rgb, max(2, k)), m))
+def image_scores(
+    image_id: str, *, recipe: str, clusters: Callable[[str], tuple[np.ndarray, int]], mask: Callable[[str], np.ndarray],
+    image: Callable[[str], np.ndarray], others: Mapping[str, Callable[[np.ndarray, str], Mapping[str, np.ndarray]]] = {},
+    colour_baseline: bool = True,
+) -> dict[str, float]:
+    """Best-match IoU of one image (see `evaluate_clusters`), by name, plus its cluster count `k`."""
+    m = mask(image_id)
+    c, k = clusters(image_id)
+    out = {"k": float(k), recipe: cluster_map_iou(c, m), "mask_at_grid": cluster_map_iou(upsample_labels(m, c.shape), m)}
+    rgb = image(image_id) if (others or colour_baseline) else None
+    for name, fn in others.items():
+        out[name] = cluster_map_iou(fn(rgb, image_id)["clusters"], m)
+    if colour_baseline:
+        out["colour_kmeans"] = best_match_iou(colour_kmeans(rgb, max(2, k)), m)
+    return out
+
+
+def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """The metric of `evaluate_clusters` from per-image scores (images without objects score NaN)."""
+    names = [n for n in (per_image[0] if per_image else {recipe: 0.0}) if n != "k"]
     metric: dict[str, Any] = {
-        "images": len(ids),
-        "images_with_objects": int(np.sum(~np.isnan(scores["acr"]))) if ids else 0,
-        "acr_best_match_iou": _mean(scores["acr"]),
-        "mean_clusters": float(np.mean(ks)) if ks else None,
+        "images": len(per_image),
+        "images_with_objects": int(sum(not np.isnan(s[recipe]) for s in per_image)),
+        "mean_clusters": float(np.mean([s["k"] for s in per_image])) if per_image else None,
     }
-    if baseline is not None:
-        metric["untrained_unet_best_match_iou"] = _mean(scores["untrained_unet"])
-        metric["colour_kmeans_best_match_iou"] = _mean(scores["colour_kmeans"])
+    for name in names:
+        metric[f"{name}_best_match_iou"] = _mean([s[name] for s in per_image])
     return metric
+
+
+def evaluate_clusters(ids: Sequence[str], **scoring: Any) -> dict[str, Any]:
+    """Mean best-match IoU over `ids` (images with objects) of the stored cluster maps (`clusters(id)` ->
+    (map, K), nearest-upsampled to the mask), as `<recipe>_best_match_iou`; of each of `others` (per-image
+    functions returning a `clusters` map) as `<name>_best_match_iou`; and of colour k-means on pixel RGB
+    with the image's K (at least 2) as `colour_kmeans_best_match_iou`. `mask_at_grid_best_match_iou` scores
+    the mask itself sampled (nearest) at the clusters' grid: the ceiling of any map at that grid."""
+    return summarise(scoring["recipe"], [image_scores(i, **scoring) for i in ids])
+
+
+def transition_summary(kept: np.ndarray, truncated: np.ndarray) -> dict[str, float]:
+    """Over all stored images: the mean and minimum kept mass of P's rows, the truncated-row fraction."""
+    kept, truncated = np.asarray(kept, dtype=np.float64), np.asarray(truncated, dtype=np.float64)
+    if not len(kept):
+        return {}
+    return {"transition_kept_mass": float(kept.mean()), "transition_kept_mass_min": float(kept.min()),
+            "transition_truncated_rows": float(truncated.mean())}
 
 
 def _mean(values: list[float]) -> float | None:

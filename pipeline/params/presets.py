@@ -65,9 +65,20 @@ def _merge(target: Any, overrides: Mapping[str, Any], prefix: str) -> dict[str, 
         if isinstance(value, Mapping) and isinstance(target.get(key), Mapping):
             changed.update(_merge(target[key], value, dotted + "."))
         else:
-            target[key] = value
+            target[key] = _flow(value)
             changed[dotted] = value
     return changed
+
+
+def _flow(value: Any) -> Any:
+    """Lists are written inline (`heads: [1, 2]`), as params.yaml spells them."""
+    if isinstance(value, list):
+        from ruamel.yaml.comments import CommentedSeq
+
+        seq = CommentedSeq(value)
+        seq.fa.set_flow_style()
+        return seq
+    return value
 
 
 def _dump(rt, data) -> str:

@@ -117,57 +117,128 @@ class ModelsParams:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
 
 
+SD21_CORRELATION_LAYER = "up_blocks.1.attentions.2.transformer_blocks.0.attn1"  # 10x10 tokens at 320 px (method.md A2)
+SD21_TRANSITION_LAYER = "up_blocks.3.attentions.1.transformer_blocks.0.attn1"  # 40x40 tokens at 320 px (method.md A5)
+RECIPES = ("diclip", "acr")
+RESIZES = ("diclip", "antialias")
+
+
+def _check_heads(where: str, heads: tuple[int, ...]) -> None:
+    if not heads or any(h < 0 for h in heads):
+        raise ValueError(f"{where} must list one or more 0-based head indices, got {list(heads)}")
+
+
+@dataclass(frozen=True)
+class DiclipRecipeParams:
+    """Recipe `diclip` (method.md Stage A 2-4): one layer's selected heads -> A -> KL assignment -> R."""
+
+    layer: str = SD21_CORRELATION_LAYER  # diffusers module path of the correlation layer (DiCLIP's bracket spelling accepted); the stage lists the valid ones when it is wrong
+    heads: tuple[int, ...] = (1, 2)  # 0-based heads whose normalised q~k~^T maps are multiplied in this order (DiCLIP: 1 and 2)
+    threshold: float = 0.2  # entries below this fraction of their column's max are zeroed (DiCLIP 0.2)
+    anchor_stride: int | None = None  # anchors at range(0, grid, stride)^2; null: grid // 3 (DiCLIP: 0, 6, 12, 18 on 20x20 -> 16 anchors)
+    rounds: int = 5  # nearest-anchor assignment rounds (DiCLIP 5)
+
+    def __post_init__(self) -> None:
+        if not self.layer.strip():
+            raise ValueError("layer must name a self-attention layer, got an empty string")
+        _check_heads("heads", self.heads)
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"threshold must lie in [0, 1), got {self.threshold}")
+        if self.anchor_stride is not None and self.anchor_stride < 1:
+            raise ValueError(f"anchor_stride must be null or >= 1, got {self.anchor_stride}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+
+
+@dataclass(frozen=True)
+class AcrRecipeParams:
+    """Recipe `acr` (the project's recipe before DiCLIP's code was public): every self-attention layer
+    aggregated at the cluster grid, DiffSeg KL merging, k-means; R = cluster-mean rows of the aggregate."""
+
+    cluster_grid: int | None = None  # token grid every layer is brought to (G x G); null: the finest self-attention grid (the latent size)
+    anchor_grid: int = 16  # anchors on an anchor_grid x anchor_grid lattice of the cluster grid (capped at the grid)
+    merge_kl: float = 0.005  # merge proposals within this symmetric KL: tiny SD (diffuse attention) 0.005; SD 2.x ~0.9 (DiffSeg 1.1)
+    merge_rounds: int = 3  # merging rounds (stops earlier when nothing changes)
+    max_clusters: int = 16  # at most this many clusters (closest proposals merged beyond it); the stored rows axis
+    kmeans_iters: int = 10  # k-means iterations from the merged proposals (0: nearest proposal only)
+    block_mb: int = 8  # memory (MiB) for one block of attention scores + probabilities while aggregating
+
+    def __post_init__(self) -> None:
+        if self.cluster_grid is not None and self.cluster_grid < 2:
+            raise ValueError(f"cluster_grid must be null or >= 2, got {self.cluster_grid}")
+        for name, low in (("anchor_grid", 1), ("merge_rounds", 0), ("kmeans_iters", 0), ("block_mb", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.merge_kl > 0:
+            raise ValueError(f"merge_kl must be > 0, got {self.merge_kl}")
+        if not 1 <= self.max_clusters <= 255:
+            raise ValueError(f"max_clusters must lie in 1..255 (cluster ids are uint8), got {self.max_clusters}")
+
+
+@dataclass(frozen=True)
+class TransitionParams:
+    """The RAR transition P (method.md Stage A 5-6), stored sparsely for the cams stage."""
+
+    layer: str = SD21_TRANSITION_LAYER  # diffusers module path of the RAR layer (its token grid is P's grid)
+    heads: tuple[int, ...] = (1, 2)  # 0-based heads whose softmax probabilities are averaged (DiCLIP 1 and 2)
+    sharpen: float = 0.02  # DiCLIP's p + s log10(e p) sharpening after the column-max normalisation (0: none)
+    topk: int = 64  # entries kept per row (values renormalised; exact for rows with <= topk non-zeros); 0: no P stored
+
+    def __post_init__(self) -> None:
+        if not self.layer.strip():
+            raise ValueError("layer must name a self-attention layer, got an empty string")
+        _check_heads("heads", self.heads)
+        if self.sharpen < 0:
+            raise ValueError(f"sharpen must be >= 0, got {self.sharpen}")
+        if not 0 <= self.topk <= 32767:
+            raise ValueError(f"topk must lie in 0..32767 (ids are int16), got {self.topk}")
+
+
 @dataclass(frozen=True)
 class DiffusionAttentionParams:
-    """Stage A: Stable Diffusion self-attention capture, aggregation and ACR clustering."""
+    """Stage A: one SD forward per image -> clusters, refined patch correlation R and RAR transition P.
 
+    Defaults reproduce DiCLIP on SD 2.1-base (the voc/coco presets); the demo's params.yaml sets
+    the tiny SD's values (chosen on the train split by scripts/select_stage_a.py).
+    """
+
+    recipe: str = "diclip"  # diclip (method.md A2-4) | acr (all layers aggregated, KL merging + k-means)
     # --- the forward pass (the model itself: models.sd.model, models.device, models.precision)
-    image_size: int | None = None  # images are resized to this square size before the VAE; null: the model's native size (UNet sample_size x VAE factor: 64 tiny, 512 SD 2.1-base). The shapes preset sets 256: the tiny SD's finest attention is then 64x64 over a 64 px scene, and small objects get their own clusters (chosen on train[:100], t=100, K<=12, best-match IoU: 64 px .43, 128 .52, 192 .54, 256 .59)
-    timestep: int = 100  # diffusion timestep of the one UNet forward (method.md: 100..300); tiny SD at 256 px, train[:100]: t=100 .59, 200 .58 (at 64 px: t=0 .43, 50 .42, 100 .42, 200 .40, 300 .38)
-    add_noise: bool = True  # add the scheduler's noise for `timestep` to the VAE latent (false: the clean latent at that timestep, as DiffSeg's code does)
-    noise_seed: int = 0  # base seed; each image's noise is seeded by (noise_seed, image id), so results do not depend on order or workers
-    prompt: str = ""  # text conditioning of the UNet (encoded once); DiffSeg/DiCLIP use the empty prompt
-    # --- aggregation
-    cluster_grid: int | None = None  # token grid every layer is brought to for ACR (G x G); null: the finest self-attention grid (16 tiny, 64 SD 2.1 at 512)
-    attention_grid: int = 8  # token grid of the stored aggregated attention (g^2 x g^2 fp16): the CLIP patch grid of the CAM resolution (8 tiny CLIP at 64 px; 20 for ViT-B/16 at 320)
-    store_attention: bool = True  # also store the aggregated attention at attention_grid beside the clusters
-    block_mb: int = 8  # memory budget (MiB) for one block of attention scores + probabilities: layers are processed in blocks of query rows (cache-sized blocks are also the fastest on the CPU)
-    # --- ACR (attention clustering refinement)
-    anchor_grid: int = 16  # anchors on a regular anchor_grid x anchor_grid lattice of the cluster grid (capped at the cluster grid)
-    merge_kl: float = 0.005  # merge proposals whose symmetric KL (mean of both directions) is below this; scale follows the model's attention sharpness: tiny SD (diffuse, anchor KLs ~0.01-0.08) 0.005 (at 128 px, train[:100]: 0.002 .52, 0.005 .52, 0.01 .49); SD 2.x: ~0.9 (method.md, DiffSeg 1.1)
-    merge_rounds: int = 3  # merging rounds (stops earlier when nothing changes)
-    max_clusters: int = 16  # at most this many clusters per image (closest proposals merged beyond it); the stored soft-map axis length (tiny SD at 256 px, train[:100]: 6 .54, 8 .59, 12 .59; the shapes preset sets 12)
-    kmeans_iters: int = 10  # k-means refinement iterations, initialised from the merged proposals (0: nearest proposal only)
+    image_size: int | None = 320  # images are resized to this square size before the VAE (DiCLIP: its 320 px CLIP input); null: the model's native size
+    resize: str = "diclip"  # diclip: bilinear without antialias, then uint8 truncation (DiCLIP's SD input); antialias: bilinear with antialiasing
+    timestep: int | None = None  # diffusion timestep of the forward; null: the model's own scheduler at schedule_steps, entry schedule_index (SD 2.1-base's PNDM: 101)
+    schedule_steps: int = 50  # with timestep null: inference steps the scheduler is set to (DiCLIP 50)
+    schedule_index: int = 45  # with timestep null: which of its timesteps (DiCLIP 45)
+    add_noise: bool = True  # add the scheduler's noise for the timestep to the VAE latent
+    noise_seed: int = 0  # each image's noise is seeded by (noise_seed, image id): results do not depend on order or workers (DiCLIP's noise is unseeded)
+    prompt: str = ""  # text conditioning of the UNet (encoded once); DiCLIP uses the empty prompt
+    grid: int = 20  # the CLIP patch grid g of R and the clusters (20: ViT-B/16 at 320 px; 8: the tiny CLIP at 64 px)
+    diclip: DiclipRecipeParams = field(default_factory=DiclipRecipeParams)
+    acr: AcrRecipeParams = field(default_factory=AcrRecipeParams)
+    transition: TransitionParams = field(default_factory=TransitionParams)
     # --- storage and evaluation
-    shard_images: int = 64  # images per zarr shard (chunks hold one image)
+    shard_images: int = 256  # images per zarr shard (chunks hold one image)
     splits: tuple[str, ...] = ()  # splits to compute; empty: the index's train and eval splits
     eval_split: str | None = None  # split of the metric (best-match IoU with masks); null: the index's eval split (parameters were chosen on train)
     eval_images: int = 200  # images of eval_split scored (the first ones in split order); 0: no metric
     eval_baselines: bool = True  # also score an untrained UNet of the same config and colour k-means with the same K
+    compare_recipes: bool = True  # also score the other recipe on the same images (computed for the metric only)
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
         if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
             raise ValueError(f"image_size must be null or a multiple of 8 (>= 8), got {self.image_size}")
-        if not 0 <= self.timestep <= 999:
-            raise ValueError(f"timestep must lie in 0..999, got {self.timestep}")
-        for name in ("cluster_grid",):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ValueError(f"{name} must be null or >= 2, got {value}")
-        if self.attention_grid < 1:
-            raise ValueError(f"attention_grid must be >= 1, got {self.attention_grid}")
-        if self.block_mb < 1:
-            raise ValueError(f"block_mb must be >= 1, got {self.block_mb}")
-        if self.anchor_grid < 1:
-            raise ValueError(f"anchor_grid must be >= 1, got {self.anchor_grid}")
-        if not self.merge_kl > 0:
-            raise ValueError(f"merge_kl must be > 0, got {self.merge_kl}")
-        if self.merge_rounds < 0:
-            raise ValueError(f"merge_rounds must be >= 0, got {self.merge_rounds}")
-        if not 1 <= self.max_clusters <= 255:
-            raise ValueError(f"max_clusters must lie in 1..255 (the hard map is uint8), got {self.max_clusters}")
-        if self.kmeans_iters < 0:
-            raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
+        if self.timestep is not None and not 0 <= self.timestep <= 999:
+            raise ValueError(f"timestep must be null or lie in 0..999, got {self.timestep}")
+        if self.schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
+        if not 0 <= self.schedule_index < self.schedule_steps:
+            raise ValueError(f"schedule_index must lie in 0..schedule_steps-1 ({self.schedule_steps - 1}), got {self.schedule_index}")
+        if not 2 <= self.grid <= 255:
+            raise ValueError(f"grid must lie in 2..255, got {self.grid}")
         if self.shard_images < 1:
             raise ValueError(f"shard_images must be >= 1, got {self.shard_images}")
         for split in self.splits:

@@ -1,4 +1,8 @@
-"""Read access to stage A's `diffusion.zarr` by image id (layout: stages/diffusion_attention.py)."""
+"""Read access to stage A's `diffusion.zarr` by image id (layout: stages/diffusion_attention.py).
+
+R comes back dense at the store's grid g (resample it to another grid with
+pipeline.diffusion.correlation.resample_correlation), P dense at its own grid t. Numpy only.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ STAGE = "diffusion_attention"
 
 
 class DiffusionMaps:
-    """Clusters and attention of a finished `diffusion.zarr`, by image id."""
+    """Clusters, refined correlation R and transition P of a finished `diffusion.zarr`, by image id."""
 
     def __init__(self, store: ImageStore) -> None:
         self.store = store
         self.attrs = store.attrs
         self._rows = {image_id: i for i, image_id in enumerate(store.ids())}
+        self._names = {s.name for s in store.specs}
 
     @classmethod
     def open(cls, path: str | Path, *, index_fingerprint: str | None = None) -> "DiffusionMaps":
@@ -30,12 +35,15 @@ class DiffusionMaps:
         return maps
 
     @property
-    def cluster_grid(self) -> int:
-        return int(self.attrs["cluster_grid"])
+    def grid(self) -> int:
+        """The CLIP patch grid g of the clusters and of R."""
+        return int(self.attrs["grid"])
 
     @property
-    def attention_grid(self) -> int:
-        return int(self.attrs["attention_grid"])
+    def transition_grid(self) -> int | None:
+        """The token grid t of P (None when no transition was stored)."""
+        transition = self.attrs.get("transition")
+        return None if not transition else int(transition["grid"])
 
     @property
     def ids(self) -> list[str]:
@@ -47,15 +55,34 @@ class DiffusionMaps:
         except KeyError:
             raise StoreError(f"{self.store.path}: image {image_id!r} is not in the store (splits: {self.attrs['splits']})") from None
 
-    def clusters(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(soft (k, G, G) float32, hard (G, G) int64) of one image."""
+    def clusters(self, image_id: str) -> tuple[np.ndarray, int]:
+        """(cluster ids (g, g) int64, K) of one image."""
         i = self.row(image_id)
-        k = int(self.store.read("k", i))
-        return self.store.read("soft", i)[:k].astype(np.float32), self.store.read("hard", i).astype(np.int64)
+        return self.store.read("clusters", i).astype(np.int64), int(self.store.read("k", i))
 
-    def attention(self, image_id: str) -> np.ndarray:
-        """(g^2, g^2) float32 aggregated attention at the attention grid (rows sum to 1)."""
-        if "attention" not in {s.name for s in self.store.specs}:
-            raise StoreError(f"{self.store.path}: no attention stored (diffusion_attention.store_attention was false)")
-        a = self.store.read("attention", self.row(image_id)).astype(np.float32)
-        return a / np.maximum(a.sum(1, keepdims=True), 1e-12)
+    def correlation_parts(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """R in its stored form: (cluster ids (g^2,) int64, rows (K, g^2) float32)."""
+        ids, k = self.clusters(image_id)
+        return ids.reshape(-1), self.store.read("rows", self.row(image_id))[:k].astype(np.float32)
+
+    def correlation(self, image_id: str) -> np.ndarray:
+        """Dense R (g^2, g^2) float32: row i is the mean correlation row of patch i's cluster."""
+        ids, rows = self.correlation_parts(image_id)
+        return rows[ids]
+
+    def transition(self, image_id: str) -> np.ndarray:
+        """Dense P (t^2, t^2) float32 from the stored top-k entries (rows sum to 1)."""
+        if "transition_values" not in self._names:
+            raise StoreError(f"{self.store.path}: no transition stored (diffusion_attention.transition.topk was 0)")
+        i = self.row(image_id)
+        values = self.store.read("transition_values", i).astype(np.float32)
+        index = self.store.read("transition_index", i).astype(np.int64)
+        dense = np.zeros((values.shape[0], values.shape[0]), dtype=np.float32)
+        np.put_along_axis(dense, index, values, axis=1)
+        return dense
+
+    def transition_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: mean kept mass of P's rows, and the fraction of rows truncated to top-k."""
+        if "transition_kept" not in self._names:
+            raise StoreError(f"{self.store.path}: no transition stored (diffusion_attention.transition.topk was 0)")
+        return self.store.read("transition_kept"), self.store.read("transition_truncated")

@@ -1,0 +1,169 @@
+"""One image -> what stage A stores, by either recipe (method.md Stage A; `recipe: diclip | acr`).
+
+Both recipes share the forward (VAE latent of the resized image, noise at the timestep seeded by
+(noise_seed, image id), one UNet pass with the prompt) and the outputs: the cluster id of every
+patch of the CLIP grid g, K, one refined-correlation row per cluster (R[i] = rows[clusters[i]],
+row-stochastic), and the RAR transition P of one layer as its rows' top-k entries.
+
+- `diclip` (D): q and k of two heads of one low-resolution layer -> A (correlation.layer_correlation)
+  -> KL assignment to 16 anchors (kl_assign) -> cluster-mean rows of A.
+- `acr` (the recipe before DiCLIP's code was public): every self-attention layer aggregated at the
+  cluster grid, DiffSeg merging + k-means (acr), cluster maps brought to g, cluster-mean rows of the
+  aggregated attention at g.
+Pure given a loaded pipeline; the stage (stages/diffusion_attention.py) stores the arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.diffusion.acr import ACRConfig, acr
+from pipeline.diffusion.capture import (
+    add_noise,
+    capture_self_attention,
+    encode_images,
+    encode_prompt,
+    image_noise_seed,
+    resample_attention,
+    resize_grids,
+    sd_alphas_cumprod,
+    vae_factor,
+)
+from pipeline.diffusion.correlation import cluster_rows, layer_correlation
+from pipeline.diffusion.kl_assign import anchor_positions, default_anchor_stride, kl_assign
+from pipeline.diffusion.selected import LayerTap, capture_layers
+from pipeline.diffusion.transition import head_probabilities, sharpen_transition, top_k_rows
+
+RECIPES = ("diclip", "acr")
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """The one UNet pass: input size and resize, timestep, noise and prompt."""
+
+    image_size: int
+    timestep: int
+    resize: str = "diclip"  # diclip: bilinear without antialias, then uint8 truncation (as DiCLIP feeds SD); antialias
+    add_noise: bool = True
+    noise_seed: int = 0
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class DiclipConfig:
+    """DiCLIP's correlation layer, heads, threshold and KL-assignment clustering."""
+
+    layer: str
+    heads: tuple[int, ...]
+    threshold: float = 0.2
+    anchor_stride: int | None = None  # null: grid // 3
+    rounds: int = 5
+
+    def max_clusters(self, grid: int) -> int:
+        return len(anchor_positions(grid, self.anchor_stride or default_anchor_stride(grid)))
+
+
+@dataclass(frozen=True)
+class TransitionConfig:
+    """The RAR layer, its heads, DiCLIP's sharpening strength and the stored entries per row (0: none)."""
+
+    layer: str
+    heads: tuple[int, ...]
+    sharpen: float = 0.02
+    topk: int = 64
+
+
+def max_clusters(recipe: str, diclip: DiclipConfig, acr_config: ACRConfig, grid: int) -> int:
+    """Length of the stored cluster-row axis for `recipe` at grid g."""
+    return diclip.max_clusters(grid) if recipe == "diclip" else acr_config.max_clusters
+
+
+class StageAMaps:
+    """`(image (H, W, 3) uint8, image id) -> {clusters, k, rows[, transition_*]}`, arrays of fixed shapes.
+
+    clusters (g, g) uint8, k () int32, rows (max_k, g^2) float16 (zero after k), and with a
+    transition: transition_values (t^2, k_t) float16, transition_index (t^2, k_t) int16,
+    transition_kept () float32 (mean kept mass per row), transition_truncated () float32 (fraction
+    of rows with more non-zeros than k_t).
+    """
+
+    def __init__(self, pipe: Any, *, recipe: str, forward: ForwardConfig, grid: int, diclip: DiclipConfig,
+                 acr_config: ACRConfig, transition: TransitionConfig | None, cluster_grid: int | None = None,
+                 block_bytes: int = 8 << 20, unet: torch.nn.Module | None = None) -> None:
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        self.pipe, self.unet = pipe, pipe.unet if unet is None else unet
+        self.recipe, self.forward, self.grid = recipe, forward, int(grid)
+        self.diclip, self.acr_config, self.transition = diclip, acr_config, transition
+        factor = vae_factor(pipe)
+        if forward.image_size % factor:
+            raise ValueError(f"image_size {forward.image_size} is not a multiple of the VAE factor {factor}")
+        self.latent_size = forward.image_size // factor
+        self.cluster_grid = cluster_grid or self.latent_size
+        self.block_bytes = block_bytes
+        self.max_k = max_clusters(recipe, diclip, acr_config, self.grid)
+        self.text = encode_prompt(pipe, forward.prompt)
+        alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+        self.alphas_cumprod = sd_alphas_cumprod() if alphas is None else alphas
+        self.threads = torch.get_num_threads()
+
+    def latents(self, image: np.ndarray, image_id: str) -> torch.Tensor:
+        """(1, C, l, l) latent of the image at the timestep (noised with its own seed when add_noise)."""
+        f = self.forward
+        latents = encode_images(self.pipe.vae, [image], f.image_size, antialias=f.resize == "antialias",
+                                truncate=f.resize == "diclip")
+        if f.add_noise:
+            latents = add_noise(latents, f.timestep, [image_noise_seed(f.noise_seed, image_id)], self.alphas_cumprod)
+        return latents
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, image_id: str) -> dict[str, np.ndarray]:
+        latents = self.latents(image, image_id)
+        taps = [LayerTap(self.transition.layer, self.transition.heads)] if self.transition else []
+        if self.recipe == "diclip":
+            corr = LayerTap(self.diclip.layer, self.diclip.heads)
+            captured = capture_layers(self.unet, latents, self.text, self.forward.timestep, [corr, *taps])
+            c = captured[corr.path]
+            a = layer_correlation(c.query[0], c.key[0], self._grid_of(c.tokens), self.grid, self.diclip.threshold)
+            ids, k = kl_assign(a, self.grid, anchor_stride=self.diclip.anchor_stride, rounds=self.diclip.rounds)
+        else:
+            captured = {}
+            attention = capture_self_attention(
+                self.unet, latents, self.text, self.forward.timestep, grid=self.cluster_grid, noise_seed=None,
+                block_bytes=self.block_bytes, taps=taps, sink=captured)  # (1, G^2, G^2), latents already noised
+            G = self.cluster_grid
+            result = acr(attention[0].cpu().numpy(), G, self.acr_config, threads=self.threads)
+            soft = resize_grids(torch.from_numpy(result.soft).float(), (self.grid, self.grid))  # (K, g, g)
+            ids = torch.unique(soft.argmax(0).reshape(-1), return_inverse=True)[1]
+            k = int(ids.max()) + 1
+            a = resample_attention(attention, (G, G), self.grid)[0]
+        out = self._cluster_outputs(a, ids, k)
+        if self.transition:
+            out.update(self._transition_outputs(captured[self.transition.layer]))
+        return out
+
+    def _grid_of(self, tokens: int) -> tuple[int, int]:
+        side = int(round(tokens ** 0.5))
+        if side * side != tokens:
+            raise ValueError(f"{tokens} attention tokens do not form a square grid")
+        return side, side
+
+    def _cluster_outputs(self, a: torch.Tensor, ids: torch.Tensor, k: int) -> dict[str, np.ndarray]:
+        g = self.grid
+        rows = np.zeros((self.max_k, g * g), dtype=np.float16)
+        rows[:k] = cluster_rows(a.float(), ids, k).cpu().numpy().astype(np.float16)
+        return {"clusters": ids.reshape(g, g).cpu().numpy().astype(np.uint8), "k": np.int32(k), "rows": rows}
+
+    def _transition_outputs(self, c) -> dict[str, np.ndarray]:
+        p = sharpen_transition(head_probabilities(c.query[0], c.key[0], c.scale), self.transition.sharpen)
+        sparse = top_k_rows(p.cpu(), self.transition.topk)
+        return {
+            "transition_values": sparse.values.numpy().astype(np.float16),
+            "transition_index": sparse.index.numpy().astype(np.int16),
+            "transition_kept": np.float32(sparse.kept.mean()),
+            "transition_truncated": np.float32(sparse.truncated.float().mean()),
+        }

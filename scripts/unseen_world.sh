@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Stage A on a shapes world from a seed never used for choosing anything: both recipes' best-match IoU,
+# the untrained-UNet and colour baselines on its val split, with the demo's params otherwise.
+#   bash scripts/unseen_world.sh [SEED] [VAL_IMAGES]      (defaults 20261201 and 200; ~2 min on 2 cores)
+# Writes into ${OUT:-/tmp/diclip-unseen-SEED} and prints the metric JSON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seed=${1:-20261201}
+val=${2:-200}
+out=${OUT:-/tmp/diclip-unseen-$seed}
+mkdir -p "$out"
+py=.venv/bin/python
+diclip=.venv/bin/diclip
+# the demo's params with the dataset moved to the new world (its train split is only what prepare needs)
+"$py" - "$out" <<'PY'
+import sys
+from pathlib import Path
+import yaml
+out = Path(sys.argv[1])
+params = yaml.safe_load(Path("params.yaml").read_text())
+params["dataset"]["root"] = str(out / "shapes")
+params["diffusion_attention"]["eval_images"] = 10**6  # every val image
+(out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+PY
+"$diclip" -q shapes generate --params "$out/params.yaml" --shapes "$out/shapes" --seed "$seed" --split train=20 --split "val=$val"
+"$diclip" -q prepare --params "$out/params.yaml" --index "$out/index"
+"$diclip" -q diffusion-attention --params "$out/params.yaml" --index "$out/index" --diffusion "$out/diffusion.zarr" \
+    --diffusion-metric "$out/diffusion_attention.json"
+cat "$out/diffusion_attention.json"
