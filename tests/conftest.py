@@ -12,3 +12,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    """The untrained tiny SD (the shipped config, seed 0): capture tests' model."""
+    import torch
+
+    from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
+
+    torch.set_num_threads(1)
+    return build_tiny_stable_diffusion(load_tiny_sd_config(), tmp_path_factory.mktemp("tok"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs(pipe):
+    """Two seeded 16x16 latents (64 px images) and the empty prompt's text embedding."""
+    import torch
+
+    from pipeline.diffusion.capture import encode_prompt
+
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    return latents, encode_prompt(pipe, "")

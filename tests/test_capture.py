@@ -21,23 +21,11 @@ from pipeline.diffusion.capture import (
     vae_factor,
     vae_factor_from_config,
 )
-from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config, self_attention_layers
+from pipeline.models import self_attention_layers
 
 # the tiny SD's attn1 token grids for 16x16 latents (64 px images), in execution order:
 # down 16, 8; mid 4; up 8, 8, 16, 16
 TINY_GRIDS = [16, 8, 4, 8, 8, 16, 16]
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    torch.set_num_threads(1)
-    return build_tiny_stable_diffusion(load_tiny_sd_config(), tmp_path_factory.mktemp("tok"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def inputs(pipe):
-    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    return latents, encode_prompt(pipe, "")
 
 
 def assert_row_stochastic(a: torch.Tensor, atol: float = 1e-4) -> None:

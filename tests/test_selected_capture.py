@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.diffusion.capture import encode_prompt, layer_grids
+from pipeline.diffusion.capture import layer_grids
 from pipeline.diffusion.selected import (
     LayerTap,
+    TapProcessor,
     UnknownLayerError,
     capture_layers,
     check_taps,
@@ -21,24 +22,11 @@ from pipeline.diffusion.selected import (
     self_attention_heads,
     tapped_processors,
 )
-from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CORR = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"  # 8x8 tokens, 16 heads of 4 channels
 RAR = "up_blocks.2.attentions.0.transformer_blocks.0.attn1"  # 16x16 tokens, 8 heads
 LAST = "up_blocks.2.attentions.1.transformer_blocks.0.attn1"  # the last self-attention of the forward
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    torch.set_num_threads(1)
-    return build_tiny_stable_diffusion(load_tiny_sd_config(), tmp_path_factory.mktemp("tok"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def inputs(pipe):
-    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    return latents, encode_prompt(pipe, "")
 
 
 class Counting:
@@ -82,7 +70,11 @@ def test_taps_leave_the_output_unchanged_and_are_removed(pipe, inputs):
         plain = unet(latents, t, encoder_hidden_states=text.expand(2, -1, -1), return_dict=False)[0]
         sink: dict = {}
         with tapped_processors(unet, [LayerTap(CORR, (0,))], sink):
+            during = dict(unet.attn_processors)
             tapped = unet(latents, t, encoder_hidden_states=text.expand(2, -1, -1), return_dict=False)[0]
+    wrapped = {k for k, v in during.items() if v is not before[k]}
+    assert wrapped == {f"{CORR}.processor"} and isinstance(during[f"{CORR}.processor"], TapProcessor)
+    assert during[f"{CORR}.processor"].inner is before[f"{CORR}.processor"]  # wraps the layer's own processor
     assert torch.equal(plain, tapped) and set(sink) == {CORR}
     assert all(unet.attn_processors[k] is v for k, v in before.items())
 

@@ -1,11 +1,12 @@
-"""Stage A of DiCLIP: Stable Diffusion self-attention capture, aggregation and ACR clustering.
+"""Stage A of DiCLIP: one Stable Diffusion forward per image -> clusters, refined correlation R, transition P.
 
-- `capture`: attention processors that aggregate every self-attention layer on the fly at one
-  token grid (`capture_self_attention`), and the image-level helper (`ImageAttention`).
-- `acr`: attention clustering refinement (anchor merging by symmetric KL, then k-means), its
-  knobs in one `ACRConfig`.
-- `clusters`: one image -> the arrays stage A stores (`ImageClusterer`).
-- `correlation`: the patch-correlation matrix for any CLIP patch grid, from stored cluster maps.
+- `selected`: taps on named self-attention layers (q and k of selected heads), the diffusers
+  attention-processor seam; `capture`: VAE encoding, seeded noise, and the aggregate of every
+  self-attention layer (the `acr` recipe).
+- `correlation`: DiCLIP's patch correlation A from q and k, its cluster-mean refinement R, and R
+  resampled to other grids; `kl_assign`: DiCLIP's clustering of A; `acr`: the aggregate recipe's
+  KL merging + k-means; `transition`: DiCLIP's RAR transition P and its top-k rows.
+- `recipes`: one image -> the arrays stage A stores, by either recipe (`StageAMaps`).
 - `baselines`, `evaluate`: what the clusters are compared with, and how well they match object masks.
 
 The stage itself is `stages/diffusion_attention.py` (its params section:

@@ -68,11 +68,6 @@ def refine(a: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return cluster_rows(a, ids, k)[ids.long()]
 
 
-def correlation_from_rows(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Dense R (n, n) from its stored form: cluster id per patch (n,) and one row per cluster (k, n)."""
-    return rows.float()[ids.long().reshape(-1)]
-
-
 def resample_correlation(r: torch.Tensor, grid: int, size: int, *, flip: bool = False) -> torch.Tensor:
     """R (g^2, g^2) on a g x g grid -> (size^2, size^2): keys and queries resampled bilinearly
     (align_corners=False), rows renormalised; `flip` mirrors both axes (for a flipped image)."""

@@ -17,7 +17,11 @@ def image_scores(
     image: Callable[[str], np.ndarray], others: Mapping[str, Callable[[np.ndarray, str], Mapping[str, np.ndarray]]] = {},
     colour_baseline: bool = True,
 ) -> dict[str, float]:
-    """Best-match IoU of one image (see `evaluate_clusters`), by name, plus its cluster count `k`."""
+    """Best-match IoU with one image's object masks, by name: the stored cluster map (`clusters(id)` ->
+    (map, K), nearest-upsampled to the mask) as `recipe`; each of `others` (per-image functions
+    returning a `clusters` map); colour k-means on pixel RGB with the image's K (at least 2); and
+    `mask_at_grid`, the mask itself sampled at the clusters' grid (the ceiling of any map there).
+    Also the image's cluster count `k`. NaN for an image without objects."""
     m = mask(image_id)
     c, k = clusters(image_id)
     out = {"k": float(k), recipe: cluster_map_iou(c, m), "mask_at_grid": cluster_map_iou(upsample_labels(m, c.shape), m)}
@@ -30,7 +34,7 @@ def image_scores(
 
 
 def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-    """The metric of `evaluate_clusters` from per-image scores (images without objects score NaN)."""
+    """`<name>_best_match_iou`: the mean of each score over the images with objects; image counts, mean K."""
     names = [n for n in (per_image[0] if per_image else {recipe: 0.0}) if n != "k"]
     metric: dict[str, Any] = {
         "images": len(per_image),
@@ -40,15 +44,6 @@ def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str
     for name in names:
         metric[f"{name}_best_match_iou"] = _mean([s[name] for s in per_image])
     return metric
-
-
-def evaluate_clusters(ids: Sequence[str], **scoring: Any) -> dict[str, Any]:
-    """Mean best-match IoU over `ids` (images with objects) of the stored cluster maps (`clusters(id)` ->
-    (map, K), nearest-upsampled to the mask), as `<recipe>_best_match_iou`; of each of `others` (per-image
-    functions returning a `clusters` map) as `<name>_best_match_iou`; and of colour k-means on pixel RGB
-    with the image's K (at least 2) as `colour_kmeans_best_match_iou`. `mask_at_grid_best_match_iou` scores
-    the mask itself sampled (nearest) at the clusters' grid: the ceiling of any map at that grid."""
-    return summarise(scoring["recipe"], [image_scores(i, **scoring) for i in ids])
 
 
 def transition_summary(kept: np.ndarray, truncated: np.ndarray) -> dict[str, float]:

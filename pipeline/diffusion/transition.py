@@ -48,9 +48,3 @@ def top_k_rows(p: torch.Tensor, k: int) -> SparseRows:
     truncated = (p != 0).sum(-1) > k
     values = values / kept.clamp_min(1e-30)[:, None]
     return SparseRows(values, index, torch.where(total > 0, kept / total.clamp_min(1e-30), torch.ones_like(kept)), truncated)
-
-
-def dense_from_rows(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, n) float32 matrix from stored (n, k) values and column ids."""
-    out = torch.zeros(values.shape[0], n, dtype=torch.float32)
-    return out.scatter_(1, index.long(), values.float())
