@@ -6,7 +6,8 @@ blocks a second residual stream is run beside the original one. Each surgery blo
 *original* stream's input (``ln_1`` of it, through the block's own ``in_proj`` weights), replaces the
 query-key attention by the mean of three self-similarity softmaxes,
 ``(softmax(q q^T s) + softmax(k k^T s) + softmax(v v^T s)) / 3`` with ``s = head_dim ** -0.5``
-(ExCEL; ``self_similarity="v"`` keeps CLIP Surgery's v-v attention alone),
+(ExCEL; ``self_similarity="v"`` keeps CLIP Surgery's v-v attention alone; ``similarity_weights``
+gives any weighted sum, e.g. DiCLIP's ``softmax(q q^T s) + 2 softmax(k k^T s)`` as (1, 2, 0)),
 applies it to the values, projects with ``out_proj`` and adds the result to the surgery stream; the
 surgery stream has no MLP. The surgery stream starts as the input of the first surgery block. Every
 surgery-stream token is then projected into the joint space with ``ln_post`` and ``proj``; the image
@@ -108,6 +109,7 @@ def surgery_forward(
     head_reduce: str = "none",
     self_similarity: str = "qkv",
     attn_bias: torch.Tensor | None = None,
+    similarity_weights: tuple[float, float, float] | None = None,
     return_attention: bool = False,
 ) -> SurgeryOutput:
     """Run ``visual`` on normalised images (B, 3, H, W) with a surgery path in its last blocks.
@@ -119,8 +121,11 @@ def surgery_forward(
         head_reduce: ``"none"``, ``"mean"`` or ``"sum"`` (see the module docstring).
         self_similarity: which self-similarity softmaxes are averaged: ``"qkv"`` (ExCEL),
             ``"v"`` (CLIP Surgery's v-v attention), or any non-empty subset of the letters q, k, v.
-        attn_bias: optional (B, N, N) added to the patch-patch block of every surgery attention
-            after head reduction (the VCE correlation term).
+        attn_bias: optional (B, N, N) added after the softmaxes to the patch-patch block of every
+            head's surgery attention, before head reduction (DiCLIP's VCE term R: with
+            ``head_reduce="sum"`` it enters H times).
+        similarity_weights: (w_q, w_k, w_v) weights of the q-q, k-k and v-v softmaxes, summed
+            (replaces ``self_similarity``'s equal-weight mean; zero weights are skipped).
         return_attention: also return per-block attention maps.
 
     Returns:
@@ -147,10 +152,11 @@ def surgery_forward(
         if index >= first_surgery:
             xs = x if xs is None else xs
             parts = {"q": q, "k": k, "v": v}
-            attn_s = _surgery_attention([parts[c] for c in self_similarity], head_reduce)  # (B, H or 1, L, L)
-            if attn_bias is not None:
-                attn_s = attn_s.clone()
-                attn_s[:, :, 1:, 1:] += attn_bias[:, None].to(attn_s.dtype)
+            if similarity_weights is None:
+                weighted = [(parts[c], 1.0 / len(self_similarity)) for c in self_similarity]
+            else:
+                weighted = [(parts[c], float(w)) for c, w in zip("qkv", similarity_weights) if w]
+            attn_s = _surgery_attention(weighted, head_reduce, attn_bias)  # (B, H or 1, L, L)
             xs = xs + block.ls_1(_merge_heads(block, attn_s @ v))
             if return_attention:
                 surgery_attention.append(attn_s.mean(1))
@@ -165,10 +171,15 @@ def surgery_forward(
     return SurgeryOutput(tokens, image_embedding, grid, tuple(attention), tuple(surgery_attention))
 
 
-def _surgery_attention(features: list[torch.Tensor], head_reduce: str) -> torch.Tensor:
-    """Mean of the self-similarity softmaxes of ``features`` (each (B, H, L, d)), reduced over heads."""
-    scale = features[0].shape[-1] ** -0.5
-    attn = sum(torch.softmax((t @ t.transpose(-2, -1)) * scale, dim=-1) for t in features) / len(features)
+def _surgery_attention(weighted: list[tuple[torch.Tensor, float]], head_reduce: str,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """Weighted sum of the self-similarity softmaxes of features (each (B, H, L, d)), plus `bias` (B, N, N)
+    on every head's patch block, reduced over heads."""
+    scale = weighted[0][0].shape[-1] ** -0.5
+    attn = sum(w * torch.softmax((t @ t.transpose(-2, -1)) * scale, dim=-1) for t, w in weighted)
+    if bias is not None:
+        attn = attn.clone()
+        attn[:, :, 1:, 1:] += bias[:, None].to(attn.dtype)
     if head_reduce == "mean":
         return attn.mean(1, keepdim=True)
     if head_reduce == "sum":

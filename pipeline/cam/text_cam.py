@@ -66,6 +66,7 @@ def text_cams(
     temperature: float = 2.0,
     token_norm: str = "feature",
     minmax_with_cls: bool = False,
+    cls_from_tokens: bool = False,
     eps: float = 1e-7,
 ) -> torch.Tensor:
     """Patch CAMs in [0, 1] for every text: tokens (B, 1 + N, E), text (C, E) -> (B, C, N).
@@ -80,12 +81,18 @@ def text_cams(
         temperature: of the class-token weighting.
         token_norm: see :func:`token_text_similarity`.
         minmax_with_cls: min-max over all tokens including the class token (ExCEL), else patches only.
-        eps: of the min-max.
+        cls_from_tokens: class-token weights from token 0 of the normalised ``tokens`` (CLIP Surgery's
+            and ExCEL's code: with ``token_norm="token"`` that row is normalised over tokens, and
+            the texts as given), instead of the cosine of ``image_embedding`` with the texts.
+        eps: of the min-max (ExCEL: 0).
     """
     sim = token_text_similarity(tokens, text, token_norm=token_norm)  # (B, L, C)
     if surgery:
         weights = None
-        if cls_weighting:
+        if cls_weighting and cls_from_tokens:
+            prob = torch.softmax(temperature * sim[:, 0], dim=-1)  # (B, C): token 0 against every text
+            weights = prob / prob.mean(-1, keepdim=True)
+        elif cls_weighting:
             if image_embedding is None:
                 raise ValueError("cls_weighting needs image_embedding")
             weights = class_token_weights(image_embedding, text, temperature=temperature)

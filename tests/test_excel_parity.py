@@ -1,0 +1,105 @@
+"""diclip's CAM path against ExCEL's own outputs (tests/reference/excel-cams, a copy of
+../shared/reference/excel-cams): seeded random ViT-B/16 weights (recipe and checksum in its README),
+ExCEL's settings, every intermediate compared within that README's gates (about 5-10x ExCEL's own
+1- vs 2-thread differences). PAR and the final labels are not compared here (PAR is not built yet)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+REF = Path(__file__).resolve().parent / "reference" / "excel-cams"
+WEIGHTS_SHA256 = "638275dbb0e051f9769db0a8cc45333a840e1fe81669d253d9d60c1fca5697eb"
+GRID, SURGERY_BLOCKS, BOX_THRESHOLD = 20, 5, 0.79
+
+
+def sha256_of(state: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode("utf-8") + b"\x00")
+        h.update(state[k].detach().cpu().float().contiguous().numpy().astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """ViT-B-16-quickgelu, seed 0, the visual q and k rows x4 (the README's recipe), checksum verified."""
+    import open_clip
+
+    torch.manual_seed(0)
+    m = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, device="cpu", precision="fp32")
+    state = m.state_dict()
+    with torch.no_grad():
+        for i in range(12):
+            for name in ("weight", "bias"):
+                state[f"visual.transformer.resblocks.{i}.attn.in_proj_{name}"][: 2 * 768] *= 4.0
+    assert sha256_of(state) == WEIGHTS_SHA256, "the random weights differ from ExCEL's run (check torch/open_clip versions)"
+    return m.eval()
+
+
+def close(name: str, ours, ref, gate: float) -> None:
+    ours = ours.detach().numpy() if isinstance(ours, torch.Tensor) else np.asarray(ours)
+    diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max()
+    assert diff <= gate, f"{name}: max abs difference {diff:.3g} above the gate {gate:g}"
+
+
+def test_text_features_match(model):
+    import open_clip
+
+    from pipeline.cam.text import encode_prompts
+
+    ref = np.load(REF / "text.npz")
+    prompts = [f"a clean origami {name}." for name in ref["text_prompts"]]
+    tokens = open_clip.get_tokenizer("ViT-B-16-quickgelu")(prompts)
+    assert np.array_equal(tokens.numpy(), ref["text_tokens"])
+    with torch.no_grad():
+        text = encode_prompts(model, open_clip.get_tokenizer("ViT-B-16-quickgelu"), prompts)
+    close("text_integral", F.normalize(text.float(), dim=-1), ref["text_integral"], 1e-5)
+
+
+@pytest.mark.parametrize("image", ["chelsea", "astronaut"])
+def test_cam_path_matches_excel_stage_by_stage(model, image):
+    from pipeline.cam.affinity import attention_affinity, box_mask, refine_cams
+    from pipeline.cam.images import normalise_then_resize
+    from pipeline.cam.surgery import surgery_forward
+    from pipeline.cam.text_cam import text_cams
+
+    ref = np.load(REF / f"{image}.npz")
+    x = normalise_then_resize(ref["image_u8"], 320)
+    close("input", x, ref["input"], 1e-6)
+    with torch.no_grad():
+        out = surgery_forward(model.visual, torch.from_numpy(ref["input"]), surgery_blocks=SURGERY_BLOCKS,
+                              head_reduce="sum", similarity_weights=(1 / 3, 1 / 3, 1 / 3), return_attention=True)
+    # ExCEL's tokens: the surgery stream with the original stream's class token, through ln_post + proj
+    prenorm = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1)
+    close("image_tokens_prenorm", prenorm[0], ref["image_tokens_prenorm"], 1e-4)
+    close("image_tokens", F.normalize(prenorm, dim=1)[0], ref["image_tokens"], 1e-5)
+    # ExCEL returns head means for the plain blocks and head sums for the surgery blocks
+    heads = model.visual.transformer.resblocks[0].attn.num_heads
+    maps = torch.stack([a[0] * (heads if b >= 12 - SURGERY_BLOCKS else 1) for b, a in enumerate(out.attention)])
+    close("attn_weights", maps, ref["attn_weights"], 5e-4)
+    close("attn_mean_last6", maps[6:].mean(0)[1:, 1:], ref["attn_mean_last6"], 1e-4)
+    affinity = attention_affinity(maps[6:], rounds=3)
+    close("trans_mat", affinity, ref["trans_mat"], 1e-6)
+
+    present = torch.from_numpy(ref["cls_idx"])
+    H, W = ref["image_u8"].shape[:2]
+    for variant in ("attr", "noattr"):
+        text = torch.from_numpy(ref["text_attr" if variant == "attr" else "text_integral"])
+        cams = text_cams(prenorm, text, token_norm="token", cls_from_tokens=True, minmax_with_cls=True, eps=0.0)
+        close(f"{variant}_cam_raw", cams[0, :20].T, ref[f"{variant}_cam_raw"], 5e-5)
+        raw = cams[0, present]  # (K, 400)
+        masks = torch.from_numpy(np.stack([box_mask(c.reshape(GRID, GRID).numpy(), BOX_THRESHOLD) for c in raw]))
+        assert np.array_equal(masks.numpy(), ref[f"{variant}_aff_mask"]), f"{variant}: box masks differ"
+        refined = refine_cams(affinity, raw, masks.reshape(len(present), -1))
+        close(f"{variant}_cam_refined", refined.reshape(-1, GRID, GRID), ref[f"{variant}_cam_refined"], 2e-6)
+        r = refined - refined.amin(1, keepdim=True)
+        r = r / (1e-7 + r.amax(1, keepdim=True))
+        full = F.interpolate(r.reshape(1, -1, GRID, GRID), size=(H, W), mode="bilinear", align_corners=False)[0]
+        full = torch.cat([1 - full.amax(0, keepdim=True), full])
+        close(f"{variant}_cams_bg_full", full, ref[f"{variant}_cams_bg_full"], 1e-4)
