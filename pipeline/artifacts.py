@@ -29,4 +29,12 @@ DIFFUSION_METRIC = Artifact(
     "cluster best-match IoU with the object masks for both recipes and baselines; P's kept mass", metric=True,
 )
 
-ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC)
+CAMS = Artifact("cams", "artifacts/cams.zarr", "per-image CAMs of the present classes (zarr); pseudo-labels beside it")
+PSEUDO_LABELS = Artifact("pseudo_labels", "artifacts/pseudo_labels", "pseudo-labels as VOC-palette PNGs, one per image")
+CAMS_METRIC = Artifact(
+    "cams_metric", "artifacts/metrics/cams.json",
+    "pseudo-label mIoU, per-class IoU, precision and recall on the train split; the background sweep on the eval split",
+    metric=True,
+)
+
+ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC, CAMS, PSEUDO_LABELS, CAMS_METRIC)

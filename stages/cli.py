@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from stages.common import setup_logging
+from stages.cams import cams_command
 from stages.diffusion_attention import diffusion_attention_command
+from stages.eval_cams import eval_cams_command
 from stages.params_cmd import params_group
 from stages.prepare import prepare_command
 from stages.pretrain_clip import pretrain_clip_command
@@ -22,7 +24,7 @@ def main(verbose: int, quiet: bool) -> None:
 
     Stages (run them all with `dvc repro`; each reads params.yaml): shapes generate (demo data),
     prepare (validate + index the dataset), diffusion-attention (SD self-attention -> clusters,
-    refined correlation R, RAR transition P).
+    refined correlation R, RAR transition P), cams (CAMs + pseudo-labels), eval-cams (their mIoU).
     Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
     shapes pretrain-sd. Utilities: params (check, show, preset).
     """
@@ -34,6 +36,8 @@ shapes_group.add_command(pretrain_clip_command)
 shapes_group.add_command(pretrain_sd_command)
 main.add_command(prepare_command)
 main.add_command(diffusion_attention_command)
+main.add_command(cams_command)
+main.add_command(eval_cams_command)
 main.add_command(params_group)
 
 if __name__ == "__main__":

@@ -124,15 +124,9 @@ class MapsTask:
         return lambda image_id: fn(images.load_image(image_id), image_id)
 
     def input_digest(self, image_id: str) -> bytes:
-        return _index_digests(self.index, self.splits)[image_id]
+        from pipeline.store.dataset_index import image_digests
 
-
-@functools.lru_cache(maxsize=4)
-def _index_digests(index: str, splits: tuple[str, ...]) -> dict[str, bytes]:
-    from pipeline.store.dataset_index import DatasetIndex
-
-    idx = DatasetIndex.load(index)
-    return {k: v for s in reversed(splits) for k, v in idx.digests(s).items()}
+        return image_digests(self.index, self.splits)[image_id]
 
 
 def body(ctx: StageContext) -> dict:

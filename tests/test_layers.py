@@ -143,8 +143,9 @@ def stage_problems(root: Path) -> list[str]:
         problems += [f"{name}: dvc.yaml's stage runs {spec.name!r}"] if spec.name != name else []
         listed = [d for d in stage.get("deps", [])]
         code = set(codegraph.relative(codegraph.closure(spec.module_file, root=root), root))
+        # a listed folder counts as code when it holds Python files (weights and word lists are data)
         listed_code = {d for d in listed if d.endswith(".py") or (root / d).is_dir() and d.split("/")[0] in codegraph.PACKAGES
-                       and not d.startswith("pipeline/models/weights")}
+                       and any((root / d).rglob("*.py"))}
         problems += [f"{name}: deps miss {f}" for f in sorted(code - listed_code)]
         problems += [f"{name}: deps list {f}, which the stage does not import" for f in sorted(listed_code - code)]
         params = set(stage.get("params", []))

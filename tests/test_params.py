@@ -35,7 +35,7 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"datset": {}}, "unknown key datset; valid keys: dataset, diffusion_attention, models, prepare, runner, shapes"),
+    ({"datset": {}}, "unknown key datset; valid keys: cams, dataset, diffusion_attention, models, prepare, runner, shapes"),
     ({"dataset": {"rooot": "x"}}, "unknown key dataset.rooot"),
     ({"dataset": {"kind": "pascal"}}, "dataset.kind must be one of 'folder', 'voc', 'coco', got 'pascal'"),
     ({"runner": {"n_workers": "two"}}, "runner.n_workers must be an integer, got 'two'"),
@@ -169,7 +169,7 @@ def test_only_an_empty_file_means_all_defaults(tmp_path, text, found):
 @pytest.mark.parametrize("data, message", [
     ({"prepare": {1: "a", "foo": "b"}}, "key 1 (an integer) in prepare: keys must be strings; valid keys in prepare: on_error, shard_images"),
     ({True: 1, "dataset": {}}, "key True (true or false) at the top level: keys must be strings (YAML reads unquoted "
-                               "yes/no/on/off as true/false: quote the key); valid keys: dataset,"),
+                               "yes/no/on/off as true/false: quote the key); valid keys: cams, dataset,"),
     ({"shapes": {"world": {None: 1, "image_size": 64}}}, "key None (null) in shapes.world: keys must be strings"),
     ({"shapes": {"splits": {1: 5, "val": 3}}}, "key 1 (an integer) in shapes.splits: keys must be strings"),
 ])

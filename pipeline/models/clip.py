@@ -209,6 +209,12 @@ def save_clip_checkpoint(model: torch.nn.Module, path: str | os.PathLike[str]) -
 # --- resolving ---------------------------------------------------------------------------------
 
 
+def clip_patch_size(model_name: str) -> int:
+    """The vision tower's patch side in pixels, from the registered config (no weights loaded)."""
+    patch = _model_config(model_name)["vision_cfg"]["patch_size"]
+    return int(patch if isinstance(patch, int) else patch[0])
+
+
 def _model_config(model_name: str) -> dict[str, Any]:
     """The registered architecture config, or ValueError naming the valid choices."""
     schema, _ = open_clip.factory.parse_model_name(model_name)

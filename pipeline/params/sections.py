@@ -252,6 +252,63 @@ class DiffusionAttentionParams:
             raise ValueError(f"eval_images must be >= 0, got {self.eval_images}")
 
 
+SURGERY_VARIANTS = ("diclip", "excel")
+NORMALISATIONS = ("imagenet", "model")
+
+
+@dataclass(frozen=True)
+class CamsParams:
+    """Stages cams and eval_cams (method.md Stage C): CLIP surgery CAMs with R, refinement, RAR, pseudo-labels.
+
+    Defaults are DiCLIP's training-free path on ViT-B/16; the demo's params.yaml sets the tiny CLIP's.
+    """
+
+    clip_size: int = 320  # CLIP input side (square, aspect not kept): 320 for ViT-B/16 (20x20 patches)
+    normalise: str = "imagenet"  # imagenet: ImageNet mean/std on the 0-255 scale (DiCLIP, ExCEL); model: the CLIP's own
+    template: str = "a clean origami {}."  # prompt template (DiCLIP, ExCEL)
+    prompt_names_file: str | None = "pipeline/data/words/voc_prompt_names.txt"  # one name per class in index order; null: the dataset's class names
+    background_words_file: str | None = "pipeline/data/words/voc_background.txt"  # background texts (DiCLIP's 25); null: none
+    surgery: str = "diclip"  # diclip: last 3 blocks, softmax(qq) + 2 softmax(kk); excel: last 5, mean of qq, kk, vv
+    surgery_blocks: int | None = None  # null: the variant's
+    head_reduce: str = "sum"  # sum (DiCLIP, ExCEL) | mean | none
+    token_norm: str = "token"  # token (L2 over tokens, DiCLIP/ExCEL code) | feature (cosine)
+    cls_weighting: bool = True  # class-token text weights in feature surgery
+    vce: bool = True  # add stage A's R to every surgery head (method.md C1)
+    refine: bool = True  # affinity refinement inside per-class boxes (C5)
+    box_threshold: float = 0.88  # of the CAM's max (DiCLIP's training-free path 0.88)
+    affinity_blocks: int = 6
+    sinkhorn_rounds: int = 3
+    exclusive_box_end: bool = True  # ExCEL's boxes never cover the last grid row/column
+    rar: bool = True  # random walk with stage A's P (C6)
+    rar_iterations: int = 10
+    bg_threshold: float | None = None  # null: background = 1 - max (DiCLIP); else a constant background score, chosen on eval_split
+    shard_images: int = 256
+    eval_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # eval_cams: background scores swept on the eval split
+
+    def __post_init__(self) -> None:
+        if self.clip_size < 8:
+            raise ValueError(f"clip_size must be >= 8, got {self.clip_size}")
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        if "{}" not in self.template:
+            raise ValueError(f"template must contain {{}} where the class name goes, got {self.template!r}")
+        if self.surgery not in SURGERY_VARIANTS:
+            raise ValueError(f"surgery must be one of {', '.join(SURGERY_VARIANTS)}, got {self.surgery!r}")
+        if self.surgery_blocks is not None and self.surgery_blocks < 1:
+            raise ValueError(f"surgery_blocks must be null or >= 1, got {self.surgery_blocks}")
+        if self.head_reduce not in ("sum", "mean", "none"):
+            raise ValueError(f"head_reduce must be one of sum, mean, none, got {self.head_reduce!r}")
+        if self.token_norm not in ("token", "feature"):
+            raise ValueError(f"token_norm must be token or feature, got {self.token_norm!r}")
+        if not 0 < self.box_threshold < 1:
+            raise ValueError(f"box_threshold must lie in (0, 1), got {self.box_threshold}")
+        for name in ("affinity_blocks", "sinkhorn_rounds", "rar_iterations", "shard_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bg_threshold is not None and not 0 <= self.bg_threshold <= 1:
+            raise ValueError(f"bg_threshold must be null or lie in [0, 1], got {self.bg_threshold}")
+
+
 @dataclass(frozen=True)
 class Params:
     """Everything in params.yaml."""
@@ -262,6 +319,7 @@ class Params:
     prepare: PrepareParams = field(default_factory=PrepareParams)
     models: ModelsParams = field(default_factory=ModelsParams)
     diffusion_attention: DiffusionAttentionParams = field(default_factory=DiffusionAttentionParams)
+    cams: CamsParams = field(default_factory=CamsParams)
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))

@@ -14,6 +14,8 @@ index/
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -159,3 +161,11 @@ class SplitImages:
 
     def load_mask(self, image_id: str) -> np.ndarray:
         return self.by_id[image_id].load_mask(image_id)
+
+
+@functools.lru_cache(maxsize=8)
+def image_digests(index: str, splits: tuple[str, ...]) -> dict[str, bytes]:
+    """{image id: file digest} over `splits` of the index at `index`, read once per process (a runner
+    task's `input_digest`); an id in several splits takes its first split's digest, as SplitImages does."""
+    idx = DatasetIndex.load(index)
+    return {k: v for s in reversed(splits) for k, v in idx.digests(s).items()}

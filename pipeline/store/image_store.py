@@ -83,6 +83,13 @@ class FileSpec:
 
         atomic.write_bytes(self.path(image_id), palette_png(value))
 
+    def read(self, image_id: str) -> np.ndarray:
+        """The (H, W) uint8 label map of `image_id` (palette indices)."""
+        from PIL import Image
+
+        with Image.open(self.path(image_id)) as im:
+            return np.array(im, dtype=np.uint8)
+
 
 class ImageStore:
     """A zarr v3 group of per-image arrays with done flags, input digests, staging and a completion flag."""

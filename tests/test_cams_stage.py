@@ -1,0 +1,189 @@
+"""Stage C on a small shapes world (shipped tiny CLIP, untrained tiny SD's stage A): the per-image path's
+invariants (R = 0 equals VCE off, stored CAMs give the stored labels, planted inputs), the store and
+pseudo-label layout, eval_cams's metric recomputed independently, and resume after kill -9.
+
+Also a script (`python -m tests.test_cams_stage OUT INDEX DIFFUSION`): runs the cams stage in process,
+for the kill test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.params import parse_params
+from pipeline.skeleton import run_stage
+from stages import cams as stage
+from stages import eval_cams
+from tests.kill_run import run_killed_after
+
+N_TRAIN, N_VAL = 8, 6
+CAMS = {"clip_size": 64, "normalise": "model", "template": "a photo of a {}.", "prompt_names_file": None,
+        "background_words_file": "pipeline/data/words/shapes_background.txt", "shard_images": 4}
+
+
+def params(runner=None, **cams):
+    return parse_params({"cams": {**CAMS, **cams}, "models": {"device": "cpu"}, "runner": runner or {"in_process": True}})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A shapes world, its index, and stage A on it with the untrained tiny SD."""
+    from pipeline.data.shapes import generate_dataset
+    from pipeline.data.shapes_config import ShapesConfig
+    from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
+    from stages import diffusion_attention, prepare
+    from tests.test_diffusion_stage import TINY
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("world")
+    generate_dataset(root / "shapes", splits={"train": N_TRAIN, "val": N_VAL}, seed=5, config=ShapesConfig())
+    run_stage(prepare.SPEC, prepare.body, paths={"index": root / "index"},
+              params=parse_params({"dataset": {"root": str(root / "shapes")}, "runner": {"in_process": True}}))
+    build_tiny_stable_diffusion(load_tiny_sd_config(), root / "tok", seed=0).save_pretrained(root / "sd")
+    run_stage(diffusion_attention.SPEC, diffusion_attention.body,
+              params=parse_params({"diffusion_attention": {**TINY, "eval_images": 0}, "runner": {"in_process": True},
+                                   "models": {"sd": {"model": str(root / "sd")}, "device": "cpu"}}),
+              paths={"index": root / "index", "diffusion": root / "diffusion.zarr", "diffusion_metric": root / "d.json"})
+    return {"root": root, "index": root / "index", "diffusion": root / "diffusion.zarr"}
+
+
+def run(world, out: Path, runner=None, **cams):
+    return run_stage(stage.SPEC, stage.body, params=params(runner, **cams),
+                     paths={"index": world["index"], "diffusion": world["diffusion"], "cams": out / "cams.zarr",
+                            "pseudo_labels": out / "pseudo_labels"})
+
+
+@pytest.fixture(scope="module")
+def finished(world):
+    out = world["root"] / "ref"
+    _, summary = run(world, out, bg_threshold=0.6)
+    return out, summary
+
+
+def test_store_labels_and_metric(world, finished):
+    from pipeline.cam.pseudo_labels import label_from_cams
+    from pipeline.metrics import confusion_matrix, iou_from_confusion
+    from pipeline.store.dataset_index import DatasetIndex
+    from pipeline.store.image_store import ImageStore
+
+    out, summary = finished
+    assert (summary.computed, summary.failed) == (N_TRAIN + N_VAL, 0)
+    index = DatasetIndex.load(world["index"])
+    store = ImageStore.open(out / "cams.zarr", stage="cams")
+    C = len(index.class_names)
+    assert store.ids() == index.ids("train") + index.ids("val")
+    assert {s.name: (s.shape, s.dtype) for s in store.specs} == {"cams": ((C, 16, 16), "float16")}  # P's 16x16 grid
+    assert store.attrs["prompts"][:C] == [f"a photo of a {n}." for n in index.class_names]
+    images = index.images(["train", "val"])
+    [labels] = store.files
+    K = C + 1
+    conf = np.zeros((K, K), dtype=np.int64)
+    present_of = {i: row.astype(bool) for s in ("train", "val") for i, row in zip(index.ids(s), index.labels(s))}
+    for row, image_id in enumerate(store.ids()):
+        cams = store.read("cams", row)
+        present = present_of[image_id]
+        absent = ~present
+        assert (cams[absent] == 0).all() and cams.min() >= 0 and cams.max() <= 1
+        # min-max per present class (eps 1e-6); a class whose CAM found no box is all zero (ExCEL)
+        assert all(cams[c].max() > 0.99 or not cams[c].any() for c in np.flatnonzero(present))
+        label = labels.read(image_id)
+        mask = images.load_mask(image_id)
+        assert label.shape == mask.shape
+        np.testing.assert_array_equal(label, label_from_cams(cams, present, mask.shape, 0.6))
+        assert set(np.unique(label)) <= {0, *(np.flatnonzero(present) + 1)}
+        if image_id.startswith("train"):
+            conf += confusion_matrix(label, mask, K)
+    metric, _ = run_stage(eval_cams.SPEC, eval_cams.body, params=params(bg_threshold=0.6),
+                          paths={"index": world["index"], "cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels",
+                                 "cams_metric": out / "cams.json"})
+    assert metric["split"] == "train" and metric["images"] == N_TRAIN
+    assert metric["miou"] == pytest.approx(float(np.nanmean(iou_from_confusion(conf))))
+    assert metric["background"]["chosen_on"] == "val" and set(metric["background"]["sweep_miou_on_chosen_split"]) == \
+        {"1 - max", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
+    assert json.loads((out / "cams.json").read_text()) == metric
+
+
+def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world):
+    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.text import encode_prompts
+    from pipeline.models.clip import load_shipped_clip
+    from pipeline.store.dataset_index import DatasetIndex
+    from pipeline.store.diffusion_maps import DiffusionMaps
+
+    clip = load_shipped_clip()
+    index = DatasetIndex.load(world["index"])
+    image_id = index.ids("train")[0]
+    image = index.images(["train"]).load_image(image_id)
+    present = index.labels("train")[0].astype(bool)
+    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
+    cfg = dict(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False)
+    r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
+    on = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=True))
+    off = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=False))
+    np.testing.assert_array_equal(on(image, present, np.zeros_like(r), None)["cams"], off(image, present, r, None)["cams"])
+    assert not np.array_equal(on(image, present, r, None)["cams"], off(image, present, r, None)["cams"])
+
+
+def test_labels_from_planted_cams():
+    from pipeline.cam.pseudo_labels import label_from_cams
+
+    cams = np.zeros((3, 4, 4), dtype=np.float16)
+    cams[1, :2, :2] = 1.0  # class 1 in the top-left quarter
+    cams[2, 2:, 2:] = 1.0  # class 2 (absent) bottom-right
+    present = np.array([False, True, False])
+    label = label_from_cams(cams, present, (8, 8), bg_threshold=0.5)
+    assert set(np.unique(label)) == {0, 2}  # class 1 -> label 2; absent class 2 never appears
+    assert (label[:3, :3] == 2).all() and (label[5:, :] == 0).all()
+    assert (label_from_cams(cams, np.zeros(3, bool), (8, 8)) == 0).all()
+
+
+def test_random_walk_keeps_mass_inside_planted_blocks():
+    from pipeline.cam.rar import random_walk
+
+    side = 4
+    block = (torch.arange(side * side) % side) < side // 2  # left / right halves of a 4x4 grid
+    p = (block[:, None] == block[None, :]).float()
+    p = p / p.sum(1, keepdim=True)  # P walks uniformly inside each half
+    cam = torch.zeros(1, side * side)
+    cam[0, 0] = 1.0  # one lit patch in the left half
+    out = random_walk(cam, side, p, iterations=3)
+    torch.testing.assert_close(out.sum(1), torch.ones(1))
+    assert out[0, ~block].abs().max() < 1e-6 and out[0, block].min() > 0  # spread over its half only
+    torch.testing.assert_close(random_walk(cam, side, torch.eye(side * side), iterations=5), cam)
+
+
+def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_path):
+    from pipeline.store.image_store import ImageStore
+
+    ref, _ = finished
+    run_killed_after(["-m", "tests.test_cams_stage", str(tmp_path), str(world["index"]), str(world["diffusion"])], images=5)
+    store = ImageStore.open(tmp_path / "cams.zarr", require_complete=False)
+    assert not store.attrs["complete"] and int(store.done().sum()) + len(store.staged_indices()) == 5
+    _, resumed = run(world, tmp_path, runner={"n_workers": 2}, bg_threshold=0.6)
+    assert (resumed.computed, resumed.reused) == (N_TRAIN + N_VAL - 5, 5)
+    a, b = ImageStore.open(tmp_path / "cams.zarr"), ImageStore.open(ref / "cams.zarr")
+    np.testing.assert_array_equal(a.read("cams"), b.read("cams"))
+    for image_id in b.ids():
+        assert (tmp_path / "pseudo_labels" / f"{image_id}.png").read_bytes() == (ref / "pseudo_labels" / f"{image_id}.png").read_bytes()
+
+
+def test_a_prompt_names_file_of_the_wrong_length_is_refused(world, tmp_path):
+    from pipeline.params import ParamsError
+
+    names = tmp_path / "names.txt"
+    names.write_text("disk\nbar\n")
+    with pytest.raises(ParamsError, match=r"cams.prompt_names_file .*names.txt: 2 names for the dataset's 7 classes"):
+        run(world, tmp_path / "out", prompt_names_file=str(names))
+    assert not (tmp_path / "out").exists()
+
+
+if __name__ == "__main__":
+    out, index, diffusion = (Path(a) for a in sys.argv[1:4])
+    run_stage(stage.SPEC, stage.body, params=params(bg_threshold=0.6),
+              paths={"index": index, "diffusion": diffusion, "cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels"})
