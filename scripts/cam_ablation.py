@@ -40,6 +40,8 @@ ROWS: list[tuple[str, dict]] = [
     ("DiCLIP's whole training-free path (every default)",
      {"surgery": "diclip", "surgery_blocks": None, "head_reduce": "sum", "cls_weighting": True,
       "vce": True, "refine": True, "rar": True}),
+    ("+ flip", {"flip": True}),
+    ("+ 4 scales (1.0, 0.5, 1.5, 2.0) + flip", {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True}),
 ]
 
 

@@ -130,6 +130,51 @@ def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world
     assert not np.array_equal(on(image, present, r, None)["cams"], off(image, present, r, None)["cams"])
 
 
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 1.5)])
+def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, scales):
+    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.text import encode_prompts
+    from pipeline.models.clip import load_shipped_clip
+    from pipeline.store.dataset_index import DatasetIndex
+    from pipeline.store.diffusion_maps import DiffusionMaps
+
+    clip = load_shipped_clip()
+    index = DatasetIndex.load(world["index"])
+    image_id = index.ids("train")[1]
+    image = index.images(["train"]).load_image(image_id)
+    present = index.labels("train")[1].astype(bool)
+    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
+    r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
+    perm = np.arange(64).reshape(8, 8)[:, ::-1].reshape(-1)
+    fn = ImageCams(clip.model.visual, text, len(index.class_names),
+                   CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False,
+                             scales=scales, flip=True))
+    cams = fn(image, present, r, None)["cams"].astype(np.float32)
+    mirrored = fn(np.ascontiguousarray(image[:, ::-1]), present, r[perm][:, perm], None)["cams"].astype(np.float32)
+    np.testing.assert_allclose(mirrored, cams[:, :, ::-1], atol=2e-3)  # fp16 storage
+    plain = ImageCams(clip.model.visual, text, len(index.class_names),
+                      CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False))
+    assert not np.allclose(plain(image, present, r, None)["cams"].astype(np.float32), cams, atol=2e-3)
+
+
+def test_an_image_without_classes_gets_zero_cams_on_the_output_grid(world):
+    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.text import encode_prompts
+    from pipeline.models.clip import load_shipped_clip
+    from pipeline.store.dataset_index import DatasetIndex
+    from pipeline.store.diffusion_maps import DiffusionMaps
+
+    clip = load_shipped_clip()
+    index = DatasetIndex.load(world["index"])
+    image_id = index.ids("train")[0]
+    maps = DiffusionMaps.open(world["diffusion"])
+    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
+    fn = ImageCams(clip.model.visual, text, 7, CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3))
+    out = fn(index.images(["train"]).load_image(image_id), np.zeros(7, bool), maps.correlation(image_id),
+             maps.transition(image_id))
+    assert out["cams"].shape == (7, 16, 16) and not out["cams"].any() and not out["label"].any()
+
+
 def test_labels_from_planted_cams():
     from pipeline.cam.pseudo_labels import label_from_cams
 

@@ -49,6 +49,8 @@ class CamConfig:
     rar: bool = True
     rar_iterations: int = 10
     bg_threshold: float | None = None  # None: background = 1 - max (DiCLIP); else a constant background score
+    scales: tuple[float, ...] = (1.0,)  # CLIP input scales (1.0 must be one: its attention refines)
+    flip: bool = False  # also the mirrored image at every scale (max over the two)
 
 
 class ImageCams:
@@ -71,24 +73,18 @@ class ImageCams:
         cfg, g = self.config, self.grid
         blocks, weights = SURGERY_VARIANTS[cfg.surgery]
         blocks = blocks if cfg.surgery_blocks is None else cfg.surgery_blocks
-        x = normalise_then_resize(image, cfg.clip_size, mean=cfg.mean_255, std=cfg.std_255)
-        bias = None
-        if cfg.vce and correlation is not None:
-            from pipeline.diffusion.correlation import resample_correlation
-
-            r = torch.from_numpy(correlation).float()
-            side = int(round(r.shape[0] ** 0.5))
-            bias = (resample_correlation(r, side, g) if side != g else r)[None]
-        out = surgery_forward(self.visual, x.to(self.visual.conv1.weight.dtype), surgery_blocks=blocks,
-                              head_reduce=cfg.head_reduce, similarity_weights=weights, attn_bias=bias,
-                              return_attention=True)
-        tokens = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1).float()
-        cams = text_cams(tokens, self.text, token_norm=cfg.token_norm, cls_weighting=cfg.cls_weighting,
-                         cls_from_tokens=True, minmax_with_cls=True, eps=0.0)[0]
         classes = np.flatnonzero(present)
-        cams = cams[torch.from_numpy(classes)]  # (K, g*g) present classes
+        base, total = None, None
+        for scale in cfg.scales:  # one CLIP forward per scale; the flipped image rides in the same batch
+            out, maps = self._scale_cams(image, correlation, scale, blocks, weights, torch.from_numpy(classes))
+            base = out if scale == 1.0 else base
+            total = maps if total is None else total + maps
+        cams = total.reshape(len(classes), g * g)
+        if len(cfg.scales) > 1 or cfg.flip:  # summed over scales: back to [0, 1] before refinement
+            cams = minmax_normalise(cams, dim=1, eps=1e-7)
+        out = base
         if cfg.refine and len(classes):
-            n = len(out.attention)
+            n = len(out.attention)  # the base scale's unflipped image (batch entry 0)
             scale = self.heads if cfg.head_reduce == "sum" else 1  # ExCEL's maps: head sums in the surgery blocks
             maps = torch.stack([a[0] * (scale if b >= n - blocks else 1) for b, a in enumerate(out.attention)])
             affinity = attention_affinity(maps[n - cfg.affinity_blocks:], rounds=cfg.sinkhorn_rounds)
@@ -96,14 +92,58 @@ class ImageCams:
                                                         exclusive_end=cfg.exclusive_box_end) for c in cams]))
             cams = refine_cams(affinity, cams, masks.reshape(len(classes), -1))
         side = g
-        if cfg.rar and transition is not None and len(classes):
+        if cfg.rar and transition is not None:  # P's grid is the output grid, also for an image without classes
             p = torch.from_numpy(transition).float()
-            cams = random_walk(cams, g, p, iterations=cfg.rar_iterations)
             side = int(round(p.shape[0] ** 0.5))
+            if len(classes):
+                cams = random_walk(cams, g, p, iterations=cfg.rar_iterations)
         stored = np.zeros((self.num_classes, side, side), dtype=np.float16)
         if len(classes):
             stored[classes] = minmax_normalise(cams, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(np.float16)
         return {"cams": stored, "label": label_from_cams(stored, present, image.shape[:2], self.config.bg_threshold)}
+
+
+    def _scale_cams(self, image: np.ndarray, correlation: np.ndarray | None, scale: float, blocks: int,
+                    weights: tuple[float, float, float], classes: torch.Tensor):
+        """One scale: (surgery output, (K, g, g) CAMs of the present classes at the base grid, the max
+        of the image's and its mirror's when `flip`)."""
+        cfg, g = self.config, self.grid
+        size = max(self.patch, int(round(cfg.clip_size * scale / self.patch)) * self.patch)
+        gs = size // self.patch
+        x = normalise_then_resize(image, size, mean=cfg.mean_255, std=cfg.std_255)
+        bias = None
+        if cfg.vce and correlation is not None:
+            bias = _correlation_at(torch.from_numpy(correlation).float(), gs, flip=False)[None]
+        if cfg.flip:
+            x = torch.cat([x, x.flip(-1)])
+            if bias is not None:
+                bias = torch.cat([bias, _correlation_at(torch.from_numpy(correlation).float(), gs, flip=True)[None]])
+        out = surgery_forward(self.visual, x.to(self.visual.conv1.weight.dtype), surgery_blocks=blocks,
+                              head_reduce=cfg.head_reduce, similarity_weights=weights, attn_bias=bias,
+                              return_attention=scale == 1.0)
+        tokens = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1).float()
+        cams = text_cams(tokens, self.text, token_norm=cfg.token_norm, cls_weighting=cfg.cls_weighting,
+                         cls_from_tokens=True, minmax_with_cls=True, eps=0.0)[:, classes]  # (F, K, gs*gs)
+        maps = cams.reshape(cams.shape[0], len(classes), gs, gs)
+        if cfg.flip:
+            maps = torch.stack([maps[0], maps[1].flip(-1)])
+        if gs != g:
+            maps = F.interpolate(maps, size=(g, g), mode="bilinear", align_corners=False)
+        return out, maps.amax(0)
+
+
+def _correlation_at(r: torch.Tensor, grid: int, *, flip: bool) -> torch.Tensor:
+    """Stage A's R (n, n) at the patch grid `grid` of a scale: as stored when the grids agree (mirrored
+    by permutation for a flip), else resampled (pipeline.diffusion.correlation.resample_correlation)."""
+    from pipeline.diffusion.correlation import resample_correlation
+
+    side = int(round(r.shape[0] ** 0.5))
+    if side != grid:
+        return resample_correlation(r, side, grid, flip=flip)
+    if not flip:
+        return r
+    perm = torch.arange(side * side).reshape(side, side).flip(-1).reshape(-1)
+    return r[perm][:, perm]
 
 
 def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int], bg_threshold: float | None = None) -> np.ndarray:

@@ -282,6 +282,8 @@ class CamsParams:
     rar: bool = True  # random walk with stage A's P (C6)
     rar_iterations: int = 10
     bg_threshold: float | None = None  # null: background = 1 - max (DiCLIP); else a constant background score, chosen on eval_split
+    scales: tuple[float, ...] = (1.0,)  # CLIP input scales of clip_size (DiCLIP: 1.0 only; CLIP-ES/ExCEL-style: e.g. [1.0, 0.5, 1.5, 2.0]); must hold 1.0, whose attention refines
+    flip: bool = False  # also run the mirrored image at every scale (in the same batch) and keep the max
     shard_images: int = 256
     eval_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # eval_cams: background scores swept on the eval split
 
@@ -305,6 +307,8 @@ class CamsParams:
         for name in ("affinity_blocks", "sinkhorn_rounds", "rar_iterations", "shard_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if 1.0 not in self.scales or any(not x > 0 for x in self.scales) or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct positive factors including 1.0 (the base scale), got {list(self.scales)}")
         if self.bg_threshold is not None and not 0 <= self.bg_threshold <= 1:
             raise ValueError(f"bg_threshold must be null or lie in [0, 1], got {self.bg_threshold}")
 
