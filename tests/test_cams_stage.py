@@ -53,6 +53,19 @@ def world(tmp_path_factory):
     return {"root": root, "index": root / "index", "diffusion": root / "diffusion.zarr"}
 
 
+@pytest.fixture(scope="module")
+def tiny(world):
+    """The shipped tiny CLIP, the world's index and the class prompts' text features."""
+    from pipeline.cam.text import encode_prompts
+    from pipeline.models.clip import load_shipped_clip
+    from pipeline.store.dataset_index import DatasetIndex
+
+    clip = load_shipped_clip()
+    index = DatasetIndex.load(world["index"])
+    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
+    return clip, index, text
+
+
 def run(world, out: Path, runner=None, **cams):
     return run_stage(stage.SPEC, stage.body, params=params(runner, **cams),
                      paths={"index": world["index"], "diffusion": world["diffusion"], "cams": out / "cams.zarr",
@@ -109,19 +122,14 @@ def test_store_labels_and_metric(world, finished):
     assert json.loads((out / "cams.json").read_text()) == metric
 
 
-def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world):
+def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world, tiny):
     from pipeline.cam.pseudo_labels import CamConfig, ImageCams
-    from pipeline.cam.text import encode_prompts
-    from pipeline.models.clip import load_shipped_clip
-    from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.diffusion_maps import DiffusionMaps
 
-    clip = load_shipped_clip()
-    index = DatasetIndex.load(world["index"])
+    clip, index, text = tiny
     image_id = index.ids("train")[0]
     image = index.images(["train"]).load_image(image_id)
     present = index.labels("train")[0].astype(bool)
-    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
     cfg = dict(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False)
     r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
     on = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=True))
@@ -131,19 +139,14 @@ def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world
 
 
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 1.5)])
-def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, scales):
+def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, tiny, scales):
     from pipeline.cam.pseudo_labels import CamConfig, ImageCams
-    from pipeline.cam.text import encode_prompts
-    from pipeline.models.clip import load_shipped_clip
-    from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.diffusion_maps import DiffusionMaps
 
-    clip = load_shipped_clip()
-    index = DatasetIndex.load(world["index"])
+    clip, index, text = tiny
     image_id = index.ids("train")[1]
     image = index.images(["train"]).load_image(image_id)
     present = index.labels("train")[1].astype(bool)
-    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
     r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
     perm = np.arange(64).reshape(8, 8)[:, ::-1].reshape(-1)
     fn = ImageCams(clip.model.visual, text, len(index.class_names),
@@ -157,18 +160,13 @@ def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, sca
     assert not np.allclose(plain(image, present, r, None)["cams"].astype(np.float32), cams, atol=2e-3)
 
 
-def test_an_image_without_classes_gets_zero_cams_on_the_output_grid(world):
+def test_an_image_without_classes_gets_zero_cams_on_the_output_grid(world, tiny):
     from pipeline.cam.pseudo_labels import CamConfig, ImageCams
-    from pipeline.cam.text import encode_prompts
-    from pipeline.models.clip import load_shipped_clip
-    from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.diffusion_maps import DiffusionMaps
 
-    clip = load_shipped_clip()
-    index = DatasetIndex.load(world["index"])
+    clip, index, text = tiny
     image_id = index.ids("train")[0]
     maps = DiffusionMaps.open(world["diffusion"])
-    text = encode_prompts(clip.model, clip.tokenizer, [f"a photo of a {n}." for n in index.class_names])
     fn = ImageCams(clip.model.visual, text, 7, CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3))
     out = fn(index.images(["train"]).load_image(image_id), np.zeros(7, bool), maps.correlation(image_id),
              maps.transition(image_id))
