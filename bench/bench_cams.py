@@ -56,7 +56,6 @@ def main() -> None:
     p = rng.random((1600, 1600)).astype(np.float32) ** 16
     p[p < np.sort(p, axis=1)[:, -64:-63]] = 0  # 64 entries per row, as stage A stores
     p /= p.sum(1, keepdims=True)
-    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
     results = {"threads": args.threads, "repeats": args.repeats, "excel_2_threads_s": EXCEL_2_THREADS}
 
     def timed(fn) -> float:
@@ -69,12 +68,12 @@ def main() -> None:
         return statistics.median(times)
 
     for name, scales, flip in (("1 scale, 320 px", (1.0,), False), ("4 scales + flip", (1.0, 0.5, 1.5, 2.0), True)):
-        cfg = CamConfig(clip_size=320, mean_255=mean, std_255=std, scales=scales, flip=flip)
+        cfg = CamConfig(clip_size=320, scales=scales, flip=flip)
         fn = ImageCams(model.visual, text, 20, cfg)
         cam_s = timed(lambda: fn(image, present, r, p))
         inputs = []
         for s in scales:
-            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16), mean=mean, std=std)
+            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16))
             inputs.append(torch.cat([x, x.flip(-1)]) if flip else x)
 
         def bare():  # the plain forward at each size (position embeddings resized, no surgery)

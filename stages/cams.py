@@ -125,7 +125,7 @@ def body(ctx: StageContext) -> dict:
     ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
     texts = tuple(prompts(cfg, index.class_names))
     fields = {k: getattr(cfg, k) for k in CamConfig.__dataclass_fields__ if hasattr(cfg, k)}
-    config = CamConfig(mean_255=(123.675, 116.28, 103.53), std_255=(58.395, 57.12, 57.375), **fields)
+    config = CamConfig(**fields)  # ImageNet normalisation unless the task swaps in the model's (normalise: model)
     side = maps.transition_grid if (cfg.rar and maps.transition_grid) else cfg.clip_size // clip_patch_size(models.clip.model)
     stamp = ctx.stamp(exclude=EVAL_ONLY, inputs={"index": index.fingerprint, "diffusion": maps.store.fingerprint})
     C = len(index.class_names)

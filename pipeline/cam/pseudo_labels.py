@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cam.affinity import attention_affinity, box_mask, refine_cams
-from pipeline.cam.images import normalise_then_resize
+from pipeline.cam.images import IMAGENET_MEAN_255, IMAGENET_STD_255, normalise_then_resize
 from pipeline.cam.rar import random_walk
 from pipeline.cam.surgery import surgery_forward
 from pipeline.cam.text_cam import minmax_normalise, text_cams
@@ -33,8 +33,8 @@ class CamConfig:
     """The switches of the CAM path (the `cams` params section, resolved)."""
 
     clip_size: int
-    mean_255: tuple[float, float, float]  # normalisation on the 0-255 scale
-    std_255: tuple[float, float, float]
+    mean_255: tuple[float, float, float] = IMAGENET_MEAN_255  # normalisation on the 0-255 scale (DiCLIP, ExCEL)
+    std_255: tuple[float, float, float] = IMAGENET_STD_255
     surgery: str = "diclip"
     surgery_blocks: int | None = None  # None: the variant's (DiCLIP 3, ExCEL 5)
     head_reduce: str = "sum"  # how heads share the surgery attention (DiCLIP, ExCEL: sum)
