@@ -5,8 +5,9 @@
 Per configuration (DiCLIP's path: surgery with R, text CAMs over 45 texts, affinity refinement,
 RAR with a 1600 x 1600 P, labels at the image size; a 500 x 375 image): seconds per image, images
 per second, and the ratio to the bare CLIP forwards the configuration needs (the same input sizes
-and batch, the plain forward with resized position embeddings). Configurations: 1 scale at 320 px; 4 scales (1.0, 0.5, 1.5, 2.0)
-+ flip. ExCEL's CPU figures at 2 threads (method.md, measured on its own code): 0.55 s raw CAM, 4.4 s
+and batch, the plain forward with resized position embeddings). Configurations: 1 scale at 320 px;
+the same with PAR on the full-size scores; the same in batches of 4 images (per-image figures);
+4 scales (1.0, 0.5, 1.5, 2.0) + flip. ExCEL's CPU figures at 2 threads (method.md, measured on its own code): 0.55 s raw CAM, 4.4 s
 with refinement and PAR at full image size, 6.8 s for 4 scales x flip. Times are medians of --repeats
 after one warm-up, all in one process.
 """
@@ -67,13 +68,15 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    for name, scales, flip in (("1 scale, 320 px", (1.0,), False), ("4 scales + flip", (1.0, 0.5, 1.5, 2.0), True)):
-        cfg = CamConfig(clip_size=320, scales=scales, flip=flip)
+    configs = (("1 scale, 320 px", (1.0,), False, {}, 1), ("1 scale + PAR at full size", (1.0,), False, {"par": True}, 1),
+               ("1 scale, batches of 4 images", (1.0,), False, {}, 4), ("4 scales + flip", (1.0, 0.5, 1.5, 2.0), True, {}, 1))
+    for name, scales, flip, extra, batch in configs:
+        cfg = CamConfig(clip_size=320, scales=scales, flip=flip, **extra)
         fn = ImageCams(model.visual, text, 20, cfg)
-        cam_s = timed(lambda: fn(image, present, r, p))
+        cam_s = timed(lambda: fn.batch([image] * batch, [present] * batch, [r] * batch, [p] * batch)) / batch
         inputs = []
         for s in scales:
-            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16))
+            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16)).repeat(batch, 1, 1, 1)
             inputs.append(torch.cat([x, x.flip(-1)]) if flip else x)
 
         def bare():  # the plain forward at each size (position embeddings resized, no surgery)
@@ -81,7 +84,7 @@ def main() -> None:
                 for x in inputs:
                     surgery_forward(model.visual, x, surgery_blocks=0)
 
-        bare_s = timed(bare)
+        bare_s = timed(bare) / batch
         results[name] = {"cam_s": cam_s, "images_per_s": 1 / cam_s, "bare_forwards_s": bare_s, "ratio": cam_s / bare_s}
         print(f"{name}: {cam_s:.3f} s per image ({1 / cam_s:.2f} images/s); bare CLIP forwards {bare_s:.3f} s; "
               f"ratio {cam_s / bare_s:.2f}", flush=True)

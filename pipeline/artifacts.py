@@ -14,7 +14,7 @@ class Artifact:
     name: str
     path: str
     what: str
-    metric: bool = False  # a small JSON metric file (dvc.yaml `metrics:`, not cached)
+    metric: bool = False  # a small JSON metric file (dvc.yaml `metrics:`, DVC-cached so `dvc exp show` reads it)
 
     @property
     def option(self) -> str:
@@ -37,4 +37,22 @@ CAMS_METRIC = Artifact(
     metric=True,
 )
 
-ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC, CAMS, PSEUDO_LABELS, CAMS_METRIC)
+TSA_CACHE = Artifact("tsa_cache", "artifacts/tsa_cache.h5",
+                     "the TSA cache: generated class images, masks, prototypes, keys and values (HDF5)")
+TSA_PICTURE = Artifact("tsa_picture", "artifacts/tsa_cache.png", "per class, generated images above their masks")
+TSA_METRIC = Artifact(
+    "tsa_metric", "artifacts/metrics/tsa_cache.json",
+    "patch classification accuracy of the cache's keys and of the texts alone on real eval-split scenes",
+    metric=True,
+)
+
+TSA_ADAPTER = Artifact("tsa_adapter", "artifacts/tsa_adapter.safetensors", "the key/value adapter trained on round-1 pseudo-labels")
+CAMS_ROUND2 = Artifact("cams_round2", "artifacts/cams_round2.zarr", "round-2 CAMs, made with the adapted cache (zarr)")
+PSEUDO_LABELS_ROUND2 = Artifact("pseudo_labels_round2", "artifacts/pseudo_labels_round2", "round-2 pseudo-labels (VOC-palette PNGs)")
+TSA_ADAPT_METRIC = Artifact(
+    "tsa_adapt_metric", "artifacts/metrics/tsa_adapt.json",
+    "the adapter's training losses and the round-2 pseudo-labels' mIoU (as metrics/cams.json)", metric=True,
+)
+
+ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC, TSA_CACHE, TSA_PICTURE, TSA_METRIC, CAMS,
+                             PSEUDO_LABELS, CAMS_METRIC, TSA_ADAPTER, CAMS_ROUND2, PSEUDO_LABELS_ROUND2, TSA_ADAPT_METRIC)

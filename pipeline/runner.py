@@ -190,29 +190,59 @@ class Runner:
 
         `weights` (e.g. images per item) drive the bar, so it counts images, not items.
         """
-        weights = list(weights) if weights is not None else [1] * len(items)
         results: list[Any] = [None] * len(items)
+        for i, result in self.imap(fn, items, desc=desc, unit=unit, weights=weights):
+            results[i] = result
+        return results
+
+    def imap(self, fn: Callable[[T], R], items: Sequence[T], *, desc: str = "items", unit: str = "it",
+             weights: Sequence[int] | None = None, uses_torch: bool = False) -> Iterator[tuple[int, R]]:
+        """(item index, fn(item)) as each finishes, so the caller can keep every result durably the
+        moment it exists (a kill then loses only what was in flight). With `uses_torch`, torch runs
+        with `runner.torch_threads` wherever an item is computed (float results depend on it)."""
+        weights = list(weights) if weights is not None else [1] * len(items)
         with tqdm(total=sum(weights), desc=desc, unit=unit, disable=not items, dynamic_ncols=True) as bar:
+            handed, threads = 0, self.params.torch_threads if uses_torch else 0
             if self.params.in_process:
                 for i, item in enumerate(items):
-                    results[i] = fn(item)
+                    result = _with_threads(fn, item, threads)
                     bar.update(weights[i])
-                return results
+                    yield i, result
+                    handed = _maybe_kill(handed + weights[i])  # the caller has kept the result by now
+                return
             from dask.distributed import as_completed
 
             client = self.client()
-            futures = {client.submit(fn, item, pure=False): i for i, item in enumerate(items)}
+            futures = {client.submit(_with_threads, fn, item, threads, pure=False): i for i, item in enumerate(items)}
             for future in as_completed(futures):
                 i = futures[future]
-                results[i] = future.result()
+                result = future.result()
                 bar.update(weights[i])
-        return results
+                yield i, result
+                handed = _maybe_kill(handed + weights[i])
 
     def client(self):
         """The dask Client: the configured scheduler, or a LocalCluster of processes started here."""
         if self._client is None:
             self._client = self._stack.enter_context(dask_client(self.params))
         return self._client
+
+
+def _with_threads(fn: Callable[[T], R], item: T, threads: int) -> R:
+    """`fn(item)` with torch limited to `threads` (0: leave torch alone, and do not import it)."""
+    if threads:
+        import torch  # noqa: F401  (loaded first, so the limit holds from the item's first operation)
+
+        _set_torch_threads(threads)
+    return fn(item)
+
+
+def _maybe_kill(handed: int) -> int:
+    """The testing hook of `imap`: SIGKILL the process group once `handed` reaches DICLIP_KILL_AFTER_IMAGES."""
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    if kill_after and handed >= kill_after:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return handed
 
 
 @contextmanager

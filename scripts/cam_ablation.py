@@ -2,16 +2,21 @@
 
     python scripts/cam_ablation.py [--out /tmp/cam_ablation]     (about 1 min per row on 2 cores)
 
-Each row runs the `cams` stage with params.yaml plus the row's overrides (`dvc exp run -S cams.KEY=VALUE`
+Each row runs the `cams` stage with params.yaml, PAR and the TSA cache off unless the row turns them on
+(artifacts/tsa_cache.h5 from `dvc repro tsa_cache`), plus the row's overrides (`dvc exp run -S cams.KEY=VALUE`
 gives the same rows through DVC) into a scratch folder, chooses the background score on the eval
 split (`1 - max` or one of cams.eval_thresholds, the best mIoU there), and reports the train split's
-mIoU with that choice; thresholds never see the train split. Baselines need no model: all-background,
-and a centred box (the middle half of the image, labelled with the image's first present class).
+mIoU with that choice; thresholds never see the train split. Baselines need no CLIP: all-background;
+a centred box (the middle half of the image, labelled with the image's first present class); and
+colour k-means (K = present classes + 1 clusters of the pixel colours, each cluster given its
+majority ground-truth label: an oracle upper bound of what colour clustering can label). The
+untrained-CLIP row runs the demo's params with seeded random weights of the same architecture.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cam.pseudo_labels import label_from_cams  # noqa: E402
+from pipeline.cam.pseudo_labels import LabelRule  # noqa: E402
 from pipeline.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
 from pipeline.params import load_params, parse_params  # noqa: E402
 from pipeline.params.schema import to_plain  # noqa: E402
@@ -30,7 +35,7 @@ from pipeline.store.image_store import ImageStore  # noqa: E402
 from stages import cams  # noqa: E402
 
 ROWS: list[tuple[str, dict]] = [
-    ("text CAM (the demo's params)", {}),
+    ("text CAM (the demo's params without PAR and the cache)", {}),
     ("+ affinity refinement", {"refine": True}),
     ("+ VCE (R in the surgery attention)", {"vce": True}),
     ("+ RAR (P, 10 iterations)", {"rar": True}),
@@ -40,9 +45,32 @@ ROWS: list[tuple[str, dict]] = [
     ("DiCLIP's whole training-free path (every default)",
      {"surgery": "diclip", "surgery_blocks": None, "head_reduce": "sum", "cls_weighting": True,
       "vce": True, "refine": True, "rar": True}),
-    ("+ flip", {"flip": True}),
+    ("- flip (1 scale)", {"flip": False}),
     ("+ 4 scales (1.0, 0.5, 1.5, 2.0) + flip", {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True}),
+    ("+ PAR (20 iterations on the full-size scores)", {"par": True}),
+    ("+ attributes (shipped shapes file, 14 centres)",
+     {"attributes_file": "pipeline/data/words/shapes_attributes.json", "attribute_clusters": 14}),
+    ("untrained CLIP (seeded random weights), the demo's params", {"__untrained__": True}),
+    ("+ static TSA cache (weight 0.5)", {"cache_weight": 0.5}),
+    ("+ static TSA cache (weight 1.0)", {"cache_weight": 1.0}),
+    ("+ PAR + static TSA cache (weight 0.5): the demo's params", {"par": True, "cache_weight": 0.5}),
 ]
+
+
+def untrained_clip(folder: Path, model: str) -> Path:
+    """Seeded random weights (torch seed 0) of the demo CLIP's architecture, saved once."""
+    import open_clip
+    import torch
+
+    from pipeline.models.clip import register_tiny_clip_configs, save_clip_checkpoint
+
+    path = folder / "untrained_clip.safetensors"
+    if not path.exists():
+        register_tiny_clip_configs()
+        torch.manual_seed(0)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_clip_checkpoint(open_clip.create_model(model, pretrained=None), path)
+    return path.resolve()
 
 
 def miou(index, images, split, labels_of) -> float:
@@ -74,24 +102,43 @@ def main() -> None:
             out[h // 4:3 * h // 4, w // 4:3 * w // 4] = classes[0] + 1
         return out
 
-    for name, fn in (("all background", lambda i, s: np.zeros(s, dtype=np.uint8)), ("centred box", box)):
+    def colour(image_id, shape):
+        from pipeline.diffusion.baselines import colour_kmeans
+
+        mask = images.load_mask(image_id)
+        clusters = colour_kmeans(images.load_image(image_id), int(present[image_id].sum()) + 1)
+        out = np.zeros(shape, dtype=np.uint8)
+        for c in np.unique(clusters):  # the oracle: each cluster's majority ground-truth label
+            truth = mask[(clusters == c) & (mask != 255)]
+            out[clusters == c] = np.bincount(truth).argmax() if truth.size else 0
+        return out
+
+    for name, fn in (("all background", lambda i, s: np.zeros(s, dtype=np.uint8)), ("centred box", box),
+                     ("colour k-means, clusters labelled by ground truth (oracle)", colour)):
         results.append({"row": name, "train_miou": miou(index, images, train, fn)})
         print(f"{name:70s} train {results[-1]['train_miou']:.3f}", flush=True)
     chosen = [int(r) for r in args.rows.split(",")] if args.rows else range(len(ROWS))
     for n in chosen:
         name, overrides = ROWS[n]
         data = json.loads(json.dumps(base))
-        data["cams"].update(overrides)
+        data["cams"].update({"cache_weight": 0.0, "par": False,
+                             **{k: v for k, v in overrides.items() if k != "__untrained__"}})
+        if overrides.get("__untrained__"):
+            data["models"]["clip"]["pretrained"] = str(untrained_clip(args.out, data["models"]["clip"]["model"]))
         data["runner"]["in_process"] = False
         params = parse_params(data)
         out = args.out / f"row{n}"
         run_stage(cams.SPEC, cams.body, params=params,
-                  paths={"cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels"})
+                  paths={"cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels",
+                         "tsa_cache": Path("artifacts/tsa_cache.h5")})
         store = ImageStore.open(out / "cams.zarr", stage="cams")
         rows = {i: k for k, i in enumerate(store.ids())}
 
+        rule = LabelRule.from_attrs(store.attrs["label_rule"])  # the stage's own rule (PAR, ignore band)
+
         def labels(threshold):
-            return lambda i, shape: label_from_cams(store.read("cams", rows[i]), present[i], shape, threshold)
+            label = dataclasses.replace(rule, bg_threshold=threshold)
+            return lambda i, shape: label(store.read("cams", rows[i]), present[i], images.load_image(i))
 
         sweep = {t: miou(index, images, tune, labels(t)) for t in (None, *params.cams.eval_thresholds)}
         best = max(sweep, key=sweep.get)

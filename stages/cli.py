@@ -8,6 +8,8 @@ from stages.common import setup_logging
 from stages.cams import cams_command
 from stages.diffusion_attention import diffusion_attention_command
 from stages.eval_cams import eval_cams_command
+from stages.tsa_adapt import tsa_adapt_command
+from stages.tsa_cache import tsa_cache_command
 from stages.params_cmd import params_group
 from stages.prepare import prepare_command
 from stages.pretrain_clip import pretrain_clip_command
@@ -36,8 +38,10 @@ shapes_group.add_command(pretrain_clip_command)
 shapes_group.add_command(pretrain_sd_command)
 main.add_command(prepare_command)
 main.add_command(diffusion_attention_command)
+main.add_command(tsa_cache_command)
 main.add_command(cams_command)
 main.add_command(eval_cams_command)
+main.add_command(tsa_adapt_command)
 main.add_command(params_group)
 
 if __name__ == "__main__":

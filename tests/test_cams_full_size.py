@@ -55,11 +55,19 @@ def test_full_size_cams_on_a_voc_folder(tmp_path):
         store.pack_block(block)
     store.mark_complete({"fingerprint": "sd21-sized"})
 
+    # a VOC-sized TSA cache (DiCLIP: 25 background + 10 keys per class, 512-d), fused at DiCLIP's weight 0.5
+    from pipeline.store.h5_store import H5Writer
+
+    key_class = np.concatenate([np.full(25, -1), np.repeat(np.arange(20), 10)])
+    values = np.zeros((len(key_class), 21), np.float32)
+    values[np.arange(len(key_class)), key_class + 1] = 1
+    H5Writer(tmp_path / "tsa_cache.h5", key="voc-sized").finish(attrs={"fingerprint": "voc-sized"}, datasets={
+        "keys": rng.normal(size=(len(key_class), 512)).astype(np.float32), "values": values, "key_class": key_class})
     params = parse_params({"models": {"clip": {"model": "ViT-B-16-quickgelu", "pretrained": None}, "device": "cpu",
                                       "precision": "fp32"}, "runner": {"in_process": True}})
     _, summary = run_stage(cams.SPEC, cams.body, params=params,
                            paths={"index": tmp_path / "index", "diffusion": tmp_path / "diffusion.zarr",
-                                  "cams": tmp_path / "cams.zarr", "pseudo_labels": tmp_path / "pseudo_labels"})
+                                  "tsa_cache": tmp_path / "tsa_cache.h5", "cams": tmp_path / "cams.zarr", "pseudo_labels": tmp_path / "pseudo_labels"})
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"full-size cams on {len(ids)} images: peak RSS {peak_gib:.2f} GiB")
     assert (summary.computed, summary.failed) == (2, 0)

@@ -24,7 +24,7 @@ from tests.kill_run import run_killed_after
 
 N_TRAIN, N_VAL = 8, 6
 CAMS = {"clip_size": 64, "normalise": "model", "template": "a photo of a {}.", "prompt_names_file": None,
-        "background_words_file": "pipeline/data/words/shapes_background.txt", "shard_images": 4}
+        "background_words_file": "pipeline/data/words/shapes_background.txt", "shard_images": 4, "cache_weight": 0.0}
 
 
 def params(runner=None, **cams):
@@ -230,3 +230,86 @@ if __name__ == "__main__":
     out, index, diffusion = (Path(a) for a in sys.argv[1:4])
     run_stage(stage.SPEC, stage.body, params=params(bg_threshold=0.6),
               paths={"index": index, "diffusion": diffusion, "cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels"})
+
+
+def test_cache_weight_zero_is_the_text_cam_and_a_planted_cache_is_fused_by_minmax(world, tiny):
+    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.text_cam import fuse_cache
+
+    clip, index, text = tiny
+    image = index.images(["train"]).load_image(index.ids("train")[0])
+    present = np.ones(len(index.class_names), bool)
+    cfg = CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False, vce=False)
+    C, g = len(index.class_names), 8
+    planted = torch.zeros(1, C, g * g)
+    planted[0, :, 5] = 1.0  # the cache votes for patch 5 for every class
+    seen = []
+
+    def cache(tokens):
+        seen.append(tokens.shape)
+        return planted.expand(tokens.shape[0], -1, -1)
+
+    base = ImageCams(clip.model.visual, text, C, cfg)(image, present, None, None)["cams"]
+    zero = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=0.0)(image, present, None, None)["cams"]
+    np.testing.assert_array_equal(zero, base)
+    assert not seen  # weight 0 never asks the cache
+    half = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=0.5)(image, present, None, None)["cams"]
+    assert seen == [(1, 1 + g * g, text.shape[1])]  # (flips, class token + patches, features)
+    rank = (half.reshape(C, -1) > half.reshape(C, -1)[:, 5:6]).sum(1)
+    assert (rank <= (base.reshape(C, -1) > base.reshape(C, -1)[:, 5:6]).sum(1)).all() and not np.array_equal(half, base)
+    strong = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=1e4)(image, present, None, None)["cams"]
+    np.testing.assert_allclose(strong.astype(np.float32).reshape(C, -1), planted[0].numpy(), atol=2e-3)  # minmax(w cache + text)
+    torch.testing.assert_close(fuse_cache(torch.ones(2, 3), torch.rand(2, 3), 0.0), torch.ones(2, 3))
+
+
+def test_a_batch_of_images_gives_each_images_own_result(world, tiny):
+    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.store.diffusion_maps import DiffusionMaps
+
+    clip, index, text = tiny
+    ids = index.ids("train")[:3]
+    images = [index.images(["train"]).load_image(i) for i in ids]
+    presents = [row.astype(bool) for row in index.labels("train")[:3]]
+    maps = DiffusionMaps.open(world["diffusion"])
+    rs, ps = [maps.correlation(i) for i in ids], [maps.transition(i) for i in ids]
+    fn = ImageCams(clip.model.visual, text, len(index.class_names),
+                   CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, flip=True, box_threshold=0.7))
+    together = fn.batch(images, presents, rs, ps)
+    for n in range(3):
+        alone = fn(images[n], presents[n], rs[n], ps[n])
+        np.testing.assert_allclose(together[n]["cams"].astype(np.float32), alone["cams"].astype(np.float32), atol=2e-3)
+        assert (together[n]["label"] == alone["label"]).mean() > 0.99
+
+
+def test_par_snaps_a_blurred_cam_to_the_colour_edge_and_the_ignore_band_leaves_pixels_out():
+    from pipeline.cam.pseudo_labels import LabelRule
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[:, :16] = (220, 30, 30)  # red left half, blue right half
+    image[:, 16:] = (30, 30, 220)
+    cams = np.zeros((2, 32, 32), dtype=np.float16)
+    cams[0, :, :20] = 1.0  # the object's CAM spills 4 columns past the colour edge
+    present = np.array([True, False])
+    plain = LabelRule(bg_threshold=0.5, guide_size=32)(cams, present, image)
+    assert (plain[:, :19] == 1).all() and (plain[:, 21:] == 0).all()  # the spill is labelled object
+    snapped = LabelRule(bg_threshold=0.5, par_iterations=20, guide_size=32)(cams, present, image)
+    assert (snapped[:, :16] == 1).all() and (snapped[:, 16:] == 0).all()
+    band = LabelRule(bg_threshold=0.5, ignore_band=(0.2, 0.8), guide_size=32)(cams, present, image)
+    ramp = np.linspace(0, 1, 32, dtype=np.float32)
+    ramped = LabelRule(bg_threshold=0.1, ignore_band=(0.2, 0.8), guide_size=32)(
+        np.broadcast_to(ramp, (2, 32, 32)).astype(np.float16), present, image)
+    assert (band != 255).all()  # a step CAM has no pixel inside the band
+    assert ((ramped == 255) == ((ramp > 0.2) & (ramp <= 0.8))[None].repeat(32, 0)).mean() > 0.9
+    assert set(np.unique(ramped)) == {0, 1, 255}
+
+
+def test_batched_groups_are_fixed_by_position_and_reproduce_the_store(world, finished, tmp_path):
+    from pipeline.store.image_store import ImageStore
+
+    out, _ = finished
+    run(world, tmp_path / "b3", bg_threshold=0.6, batch_images=3)
+    run(world, tmp_path / "b3w", runner={"n_workers": 2, "threads_per_worker": 1}, bg_threshold=0.6, batch_images=3)
+    a, b = ImageStore.open(tmp_path / "b3" / "cams.zarr"), ImageStore.open(tmp_path / "b3w" / "cams.zarr")
+    ref = ImageStore.open(out / "cams.zarr")
+    np.testing.assert_array_equal(a.read("cams"), b.read("cams"))  # same groups -> same bits on 1 or 2 workers
+    np.testing.assert_allclose(a.read("cams").astype(np.float32), ref.read("cams").astype(np.float32), atol=2e-3)

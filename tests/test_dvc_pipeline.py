@@ -93,3 +93,22 @@ def test_the_committed_lock_is_what_a_fresh_repro_gives(tmp_path):
     fresh = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for stage in ("shapes_world", "prepare"):
         assert fresh[stage] == committed[stage], f"dvc.lock's {stage} is stale: run `dvc repro {stage}` and commit dvc.lock"
+
+
+def test_a_tsa_param_reruns_the_cache_and_what_reads_it_never_stage_a(tmp_path):
+    """With the committed lock, editing a tsa_cache param leaves stage A's params unchanged and changes
+    tsa_cache's; cams reads the cache file, so DVC reruns it (and eval_cams after it) once the cache changes."""
+    import json
+
+    repo = copy_repo(tmp_path / "repo")
+    shutil.copy2(ROOT / "dvc.lock", repo / "dvc.lock")
+    commit(repo)
+    edit_params(repo, lambda p: p["tsa_cache"].update(steps=p["tsa_cache"]["steps"] + 1))
+    status = json.loads(run(["dvc", "status", "--json"], repo).strip().splitlines()[-1])
+    params_changed = {stage for stage, changes in status.items()
+                      if any("changed params" in c for c in changes if isinstance(c, dict))}
+    assert params_changed == {"tsa_cache"}, status
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    assert "artifacts/tsa_cache.h5" in stages["cams"]["deps"]
+    assert not any(p.startswith("tsa_cache") for p in stages["diffusion_attention"]["params"])
+    assert "artifacts/tsa_cache.h5" not in stages["diffusion_attention"]["deps"]

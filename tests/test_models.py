@@ -496,3 +496,11 @@ def test_tiny_sd_config_extends_a_base(tmp_path):
     variant.write_text(json.dumps({"extends": "base", "unte": {}}))
     with pytest.raises(ValueError, match=r"unknown sections \['unte'\]"):
         TinySDConfig.from_json(variant)
+
+
+def test_clip_normalisation_is_what_load_clip_gives_without_loading():
+    from pipeline.models.clip import clip_normalisation, load_shipped_clip
+
+    clip = load_shipped_clip()
+    mean, std = clip_normalisation(clip.model_name, str(clip.pretrained))
+    assert mean == tuple(clip.model.visual.preprocess_cfg["mean"]) and std == tuple(clip.model.visual.preprocess_cfg["std"])

@@ -30,22 +30,35 @@ def attention_affinity(maps: torch.Tensor, *, rounds: int = 3) -> torch.Tensor:
 
 
 def box_mask(cam: np.ndarray, threshold: float, *, exclusive_end: bool = True) -> np.ndarray:
-    """(h, w) float CAM in [0, 1] -> (h, w) float32 0/1 mask: union of the bounding boxes of the
-    8-connected regions where uint8(255 cam) > int(threshold * its max).
+    """(h, w) float CAM in [0, 1] -> (h, w) float32 0/1 mask (one class of :func:`box_masks`)."""
+    return box_masks(cam[None], threshold, exclusive_end=exclusive_end)[0]
 
-    `exclusive_end` reproduces ExCEL's boxes: x1 = min(x + w, W - 1) used as an exclusive end, so the
-    last row and column are never inside a box. Without it boxes cover their regions entirely.
+
+def box_masks(cams: np.ndarray, threshold: float, *, exclusive_end: bool = True) -> np.ndarray:
+    """(K, h, w) float CAMs in [0, 1] -> (K, h, w) float32 0/1 masks: per class, the union of the
+    bounding boxes of the 8-connected regions where uint8(255 cam) > int(threshold * its max).
+
+    All classes are labelled in one pass (the structure does not connect classes) and the boxes are
+    painted by broadcasting, so there is no per-class loop. `exclusive_end` reproduces ExCEL's boxes:
+    x1 = min(x + w, W - 1) used as an exclusive end, so the last row and column are never inside a
+    box. Without it boxes cover their regions entirely.
     """
-    quantised = (cam * 255).astype(np.uint8)
-    above = quantised > int(threshold * quantised.max())
-    labels, _ = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
-    h, w = cam.shape
-    mask = np.zeros((h, w), dtype=np.float32)
-    for rows, cols in ndimage.find_objects(labels):
-        y0, x0, y1, x1 = rows.start, cols.start, rows.stop, cols.stop
-        if exclusive_end:
-            y1, x1 = min(y1, h - 1), min(x1, w - 1)
-        mask[y0:y1, x0:x1] = 1
+    K, h, w = cams.shape
+    quantised = (cams * 255).astype(np.uint8)
+    cut = (threshold * quantised.reshape(K, -1).max(1)).astype(np.int64)  # int() of each class's threshold
+    above = quantised > cut[:, None, None]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connected within a class, never across classes
+    labels, _ = ndimage.label(above, structure=structure)
+    boxes = np.array([(k.start, r.start, r.stop, c.start, c.stop) for k, r, c in ndimage.find_objects(labels)],
+                     dtype=np.int64).reshape(-1, 5)
+    k, y0, y1, x0, x1 = boxes.T
+    if exclusive_end:
+        y1, x1 = np.minimum(y1, h - 1), np.minimum(x1, w - 1)
+    rows, cols = np.arange(h), np.arange(w)
+    inside = ((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None] & ((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :]
+    mask = np.zeros((K, h, w), dtype=np.float32)
+    np.maximum.at(mask, k, inside.astype(np.float32))
     return mask
 
 

@@ -10,16 +10,19 @@ Each step is a switch (`CamConfig`), so ablations run the same code. Pure given 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cam.affinity import attention_affinity, box_mask, refine_cams
+from pipeline.cam.affinity import attention_affinity, box_masks, refine_cams
 from pipeline.cam.images import IMAGENET_MEAN_255, IMAGENET_STD_255, normalise_then_resize
+from pipeline.cam.par import par
 from pipeline.cam.rar import random_walk
 from pipeline.cam.surgery import surgery_forward
-from pipeline.cam.text_cam import minmax_normalise, text_cams
+from pipeline.cam.text_cam import fuse_cache, minmax_normalise, text_cams
+from pipeline.metrics import IGNORE
 
 #: surgery variants (method.md C1 and "ExCEL's CAM path"): blocks, (w_q, w_k, w_v)
 SURGERY_VARIANTS: dict[str, tuple[int, tuple[float, float, float]]] = {
@@ -49,87 +52,127 @@ class CamConfig:
     rar: bool = True
     rar_iterations: int = 10
     bg_threshold: float | None = None  # None: background = 1 - max (DiCLIP); else a constant background score
+    par: bool = False  # PAR on the full-size [background, classes] scores before the argmax (ExCEL)
+    par_iterations: int = 20
+    ignore_band: tuple[float, float] | None = None  # pixels whose best class score lies in (low, high] -> 255
     scales: tuple[float, ...] = (1.0,)  # CLIP input scales (1.0 must be one: its attention refines)
     flip: bool = False  # also the mirrored image at every scale (max over the two)
+
+
+#: a cache CAM: (F, L, E) surgery tokens before normalisation (token 0 = the class token) -> (F, C, L - 1)
+#: per-class patch scores in [0, 1] (the TSA cache's retrieval, stage tsa_cache)
+CacheCams = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ImageCams:
     """`(image (H, W, 3) uint8, present (C,) bool, R (g^2, g^2) or None, P (t^2, t^2) or None) ->
     {cams (C, s, s) float16, label (H, W) uint8}`: CAMs of the present classes (absent ones zero) on
     the output grid s (P's grid t with RAR, else the CLIP grid), and the pseudo-label (0 background,
-    c + 1 class c)."""
+    c + 1 class c). :meth:`batch` does several images with one CLIP forward per scale (their
+    mirrors in the same batch); a cache CAM (`cache`, the TSA cache) is fused with the text CAM as
+    minmax(cache_weight * cache + text)."""
 
-    def __init__(self, visual: torch.nn.Module, text: torch.Tensor, num_classes: int, config: CamConfig) -> None:
+    def __init__(self, visual: torch.nn.Module, text: torch.Tensor, num_classes: int, config: CamConfig,
+                 cache: CacheCams | None = None, cache_weight: float = 0.0) -> None:
         if config.surgery not in SURGERY_VARIANTS:
             raise ValueError(f"surgery must be one of {sorted(SURGERY_VARIANTS)}, got {config.surgery!r}")
         self.visual, self.text, self.num_classes, self.config = visual, text.float(), num_classes, config
+        self.cache, self.cache_weight = cache, cache_weight
         self.patch = int(visual.conv1.kernel_size[0])
         self.grid = config.clip_size // self.patch
         self.heads = int(visual.transformer.resblocks[0].attn.num_heads)
+        blocks, self.weights = SURGERY_VARIANTS[config.surgery]
+        self.blocks = blocks if config.surgery_blocks is None else config.surgery_blocks
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray, present: np.ndarray, correlation: np.ndarray | None,
                  transition: np.ndarray | None) -> dict[str, np.ndarray]:
-        cfg, g = self.config, self.grid
-        blocks, weights = SURGERY_VARIANTS[cfg.surgery]
-        blocks = blocks if cfg.surgery_blocks is None else cfg.surgery_blocks
-        classes = np.flatnonzero(present)
+        return self.batch([image], [present], [correlation], [transition])[0]
+
+    @torch.no_grad()
+    def batch(self, images: list[np.ndarray], presents: list[np.ndarray], correlations: list[np.ndarray | None],
+              transitions: list[np.ndarray | None], *, features: bool = False) -> list[dict[str, np.ndarray]]:
+        """:meth:`__call__` for several images at once (lists of the same length). With `features`, each
+        result also holds `features` (g*g, E) float32: the base scale's patch tokens (surgery stream,
+        with R when `vce`), L2-normalised over features (what the TSA cache's keys are made of)."""
+        cfg, g, n = self.config, self.grid, len(images)
         base, total = None, None
-        for scale in cfg.scales:  # one CLIP forward per scale; the flipped image rides in the same batch
-            out, maps = self._scale_cams(image, correlation, scale, blocks, weights, torch.from_numpy(classes))
-            base = out if scale == 1.0 else base
+        for scale in cfg.scales:  # one CLIP forward per scale for every image and its mirror
+            out, maps, tokens = self._scale_cams(images, correlations, scale)
+            if scale == 1.0:
+                base, base_tokens = out, tokens
             total = maps if total is None else total + maps
-        cams = total.reshape(len(classes), g * g)
+        cams = total.reshape(n, -1, g * g)  # (n, C, g*g): every class; each image keeps its present ones
         if len(cfg.scales) > 1 or cfg.flip:  # summed over scales: back to [0, 1] before refinement
-            cams = minmax_normalise(cams, dim=1, eps=1e-7)
-        out = base
-        if cfg.refine and len(classes):
-            n = len(out.attention)  # the base scale's unflipped image (batch entry 0)
-            scale = self.heads if cfg.head_reduce == "sum" else 1  # ExCEL's maps: head sums in the surgery blocks
-            maps = torch.stack([a[0] * (scale if b >= n - blocks else 1) for b, a in enumerate(out.attention)])
+            cams = minmax_normalise(cams, dim=2, eps=1e-7)
+        classes = [np.flatnonzero(p) for p in presents]
+        kept = [cams[i, torch.from_numpy(c)] for i, c in enumerate(classes)]
+        if cfg.refine:
+            kept = self._refine(base, kept)
+        results = []
+        for i, (c, k) in enumerate(zip(classes, kept)):
+            side = g
+            if cfg.rar and transitions[i] is not None:  # P's grid is the output grid, also without classes
+                p = torch.from_numpy(transitions[i]).float()
+                side = int(round(p.shape[0] ** 0.5))
+                if len(c):
+                    k = random_walk(k, g, p, iterations=cfg.rar_iterations)
+            stored = np.zeros((self.num_classes, side, side), dtype=np.float16)
+            if len(c):
+                stored[c] = minmax_normalise(k, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(np.float16)
+            results.append({"cams": stored, "label": LabelRule.from_config(cfg)(stored, presents[i], images[i])})
+            if features:
+                results[-1]["features"] = F.normalize(base_tokens[i * (2 if cfg.flip else 1), 1:], dim=-1).numpy()
+        return results
+
+    def _refine(self, out, kept: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Affinity refinement of each image's present-class CAMs with its base-scale attention; the
+        boxes of every class of every image in one call."""
+        cfg, g = self.config, self.grid
+        if not sum(len(k) for k in kept):
+            return kept
+        masks = torch.from_numpy(box_masks(torch.cat(kept).reshape(-1, g, g).numpy(), cfg.box_threshold,
+                                           exclusive_end=cfg.exclusive_box_end)).reshape(-1, g * g)
+        n, step = len(out.attention), 2 if cfg.flip else 1  # the unflipped images are every step-th entry
+        heads = self.heads if cfg.head_reduce == "sum" else 1  # ExCEL's maps: head sums in the surgery blocks
+        refined, start = [], 0
+        for i, k in enumerate(kept):
+            maps = torch.stack([a[i * step] * (heads if b >= n - self.blocks else 1) for b, a in enumerate(out.attention)])
             affinity = attention_affinity(maps[n - cfg.affinity_blocks:], rounds=cfg.sinkhorn_rounds)
-            masks = torch.from_numpy(np.stack([box_mask(c.reshape(g, g).numpy(), cfg.box_threshold,
-                                                        exclusive_end=cfg.exclusive_box_end) for c in cams]))
-            cams = refine_cams(affinity, cams, masks.reshape(len(classes), -1))
-        side = g
-        if cfg.rar and transition is not None:  # P's grid is the output grid, also for an image without classes
-            p = torch.from_numpy(transition).float()
-            side = int(round(p.shape[0] ** 0.5))
-            if len(classes):
-                cams = random_walk(cams, g, p, iterations=cfg.rar_iterations)
-        stored = np.zeros((self.num_classes, side, side), dtype=np.float16)
-        if len(classes):
-            stored[classes] = minmax_normalise(cams, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(np.float16)
-        return {"cams": stored, "label": label_from_cams(stored, present, image.shape[:2], self.config.bg_threshold)}
+            refined.append(refine_cams(affinity, k, masks[start:start + len(k)]))
+            start += len(k)
+        return refined
 
-
-    def _scale_cams(self, image: np.ndarray, correlation: np.ndarray | None, scale: float, blocks: int,
-                    weights: tuple[float, float, float], classes: torch.Tensor):
-        """One scale: (surgery output, (K, g, g) CAMs of the present classes at the base grid, the max
-        of the image's and its mirror's when `flip`)."""
+    def _scale_cams(self, images: list[np.ndarray], correlations: list[np.ndarray | None], scale: float):
+        """One scale: (surgery output, (n, C, g, g) CAMs of every class at the base grid, the max of
+        each image's and its mirror's when `flip`). The batch holds image i's mirror right after it."""
         cfg, g = self.config, self.grid
         size = max(self.patch, int(round(cfg.clip_size * scale / self.patch)) * self.patch)
         gs = size // self.patch
-        x = normalise_then_resize(image, size, mean=cfg.mean_255, std=cfg.std_255)
-        bias = None
-        if cfg.vce and correlation is not None:
-            bias = _correlation_at(torch.from_numpy(correlation).float(), gs, flip=False)[None]
-        if cfg.flip:
-            x = torch.cat([x, x.flip(-1)])
-            if bias is not None:
-                bias = torch.cat([bias, _correlation_at(torch.from_numpy(correlation).float(), gs, flip=True)[None]])
-        out = surgery_forward(self.visual, x.to(self.visual.conv1.weight.dtype), surgery_blocks=blocks,
-                              head_reduce=cfg.head_reduce, similarity_weights=weights, attn_bias=bias,
-                              return_attention=scale == 1.0)
+        x, bias = [], []
+        for image, r in zip(images, correlations):
+            xi = normalise_then_resize(image, size, mean=cfg.mean_255, std=cfg.std_255)
+            x += [xi, xi.flip(-1)] if cfg.flip else [xi]
+            if cfg.vce and r is not None:
+                r = torch.from_numpy(r).float()
+                bias += [_correlation_at(r, gs, flip=False)] + ([_correlation_at(r, gs, flip=True)] if cfg.flip else [])
+        if bias and len(bias) != len(x):
+            raise ValueError("vce needs R for every image of a batch, or for none")
+        out = surgery_forward(self.visual, torch.cat(x).to(self.visual.conv1.weight.dtype), surgery_blocks=self.blocks,
+                              head_reduce=cfg.head_reduce, similarity_weights=self.weights,
+                              attn_bias=torch.stack(bias) if bias else None, return_attention=scale == 1.0)
         tokens = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1).float()
         cams = text_cams(tokens, self.text, token_norm=cfg.token_norm, cls_weighting=cfg.cls_weighting,
-                         cls_from_tokens=True, minmax_with_cls=True, eps=0.0)[:, classes]  # (F, K, gs*gs)
-        maps = cams.reshape(cams.shape[0], len(classes), gs, gs)
+                         cls_from_tokens=True, minmax_with_cls=True, eps=0.0)[:, :self.num_classes]  # (B, C, gs*gs)
+        if self.cache is not None and self.cache_weight:  # the TSA cache's CAM enters here (method.md C3-C4)
+            cams = fuse_cache(cams, self.cache(tokens)[:, :self.num_classes], self.cache_weight)
+        flips = 2 if cfg.flip else 1
+        maps = cams.reshape(len(images), flips, self.num_classes, gs, gs)
         if cfg.flip:
-            maps = torch.stack([maps[0], maps[1].flip(-1)])
+            maps = torch.stack([maps[:, 0], maps[:, 1].flip(-1)], dim=1)
+        maps = maps.reshape(-1, self.num_classes, gs, gs)
         if gs != g:
             maps = F.interpolate(maps, size=(g, g), mode="bilinear", align_corners=False)
-        return out, maps.amax(0)
+        return out, maps.reshape(len(images), flips, self.num_classes, g, g).amax(1), tokens
 
 
 def _correlation_at(r: torch.Tensor, grid: int, *, flip: bool) -> torch.Tensor:
@@ -146,17 +189,99 @@ def _correlation_at(r: torch.Tensor, grid: int, *, flip: bool) -> torch.Tensor:
     return r[perm][:, perm]
 
 
-def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int], bg_threshold: float | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class LabelRule:
+    """How stored CAMs become a pseudo-label: background score, optional PAR, optional ignore band.
+
+    Kept apart from the CAM path so `eval_cams` re-applies exactly the stage's rule (from the store's
+    attrs) while sweeping the background score on the eval split. PAR's guide is the CLIP input (the
+    image normalised with `mean_255`/`std_255` and resized to `guide_size`) brought back to the image
+    size with align_corners=True, as ExCEL feeds it."""
+
+    bg_threshold: float | None = None
+    par_iterations: int = 0  # 0: no PAR
+    ignore_band: tuple[float, float] | None = None
+    guide_size: int = 320
+    mean_255: tuple[float, float, float] = IMAGENET_MEAN_255
+    std_255: tuple[float, float, float] = IMAGENET_STD_255
+
+    def __call__(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return label_from_cams(cams, present, image.shape[:2], self.bg_threshold, guide=self._guide(present, image),
+                               par_iterations=self.par_iterations, ignore_band=self.ignore_band)
+
+    def sweep(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray,
+              thresholds: list[float | None]) -> list[np.ndarray]:
+        """This rule's label for each background score in `thresholds` (None: 1 - max), with one PAR
+        call for all of them (PAR treats channels independently, so stacking the background variants
+        gives each the same numbers as its own call)."""
+        classes = np.flatnonzero(present)
+        H, W = image.shape[:2]
+        if not len(classes):
+            return [np.zeros((H, W), dtype=np.uint8) for _ in thresholds]
+        full = full_class_scores(cams, classes, (H, W))
+        bgs = [1 - full.amax(0, keepdim=True) if t is None else torch.full((1, H, W), float(t)) for t in thresholds]
+        scores = torch.cat([*bgs, full])
+        guide = self._guide(present, image)
+        if guide is not None:
+            scores = par(guide, scores, iterations=self.par_iterations)
+        n = len(thresholds)
+        return [labels_from_scores(torch.cat([scores[i:i + 1], scores[n:]]), classes, self.ignore_band) for i in range(n)]
+
+    def _guide(self, present: np.ndarray, image: np.ndarray) -> torch.Tensor | None:
+        if not (self.par_iterations and np.any(present)):
+            return None
+        x = normalise_then_resize(image, self.guide_size, mean=self.mean_255, std=self.std_255)
+        return F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=True)[0]
+
+    @classmethod
+    def from_config(cls, cfg: CamConfig) -> "LabelRule":
+        """The rule of a CAM path's config."""
+        return cls(cfg.bg_threshold, cfg.par_iterations if cfg.par else 0,
+                   None if cfg.ignore_band is None else tuple(cfg.ignore_band), cfg.clip_size,
+                   tuple(cfg.mean_255), tuple(cfg.std_255))
+
+    def to_attrs(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "LabelRule":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()})
+
+
+def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int], bg_threshold: float | None = None,
+                    *, guide: torch.Tensor | None = None, par_iterations: int = 0,
+                    ignore_band: tuple[float, float] | None = None) -> np.ndarray:
     """(H, W) uint8 pseudo-label from stored CAMs (C, s, s) in [0, 1] and the present classes: each
     present class's CAM bilinear to the image size and min-max normalised; background scores
-    1 - max over the classes (DiCLIP) or the constant `bg_threshold`; argmax -> 0 or c + 1."""
+    1 - max over the classes (DiCLIP) or the constant `bg_threshold`; with a `guide` (3, H, W),
+    `par_iterations` of PAR on [background, classes]; argmax -> 0 or c + 1; with `ignore_band`
+    (low, high), pixels whose best class score lies in (low, high] become 255 (ignored)."""
     classes = np.flatnonzero(present)
     H, W = size
     if not len(classes):
         return np.zeros((H, W), dtype=np.uint8)
+    full = full_class_scores(cams, classes, size)
+    bg = 1 - full.amax(0, keepdim=True) if bg_threshold is None else torch.full((1, H, W), float(bg_threshold))
+    scores = torch.cat([bg, full])
+    if guide is not None and par_iterations:
+        scores = par(guide, scores, iterations=par_iterations)
+    return labels_from_scores(scores, classes, ignore_band)
+
+
+def full_class_scores(cams: np.ndarray, classes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) scores of the present classes: stored CAMs bilinear to the image size, min-max per class."""
+    H, W = size
     grid = torch.from_numpy(cams[classes].astype(np.float32))
     full = F.interpolate(grid[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    full = minmax_normalise(full.reshape(len(classes), -1), dim=1, eps=1e-6).reshape(-1, H, W)
-    bg = 1 - full.amax(0, keepdim=True) if bg_threshold is None else torch.full((1, H, W), float(bg_threshold))
+    return minmax_normalise(full.reshape(len(classes), -1), dim=1, eps=1e-6).reshape(-1, H, W)
+
+
+def labels_from_scores(scores: torch.Tensor, classes: np.ndarray, ignore_band: tuple[float, float] | None) -> np.ndarray:
+    """(1 + K, H, W) [background, classes] -> (H, W) uint8: argmax -> 0 or c + 1; pixels whose best
+    class score lies in (low, high] of `ignore_band` -> 255."""
     ids = torch.from_numpy(np.concatenate([[0], classes + 1]).astype(np.int64))
-    return ids[torch.cat([bg, full]).argmax(0)].numpy().astype(np.uint8)
+    label = ids[scores.argmax(0)].numpy().astype(np.uint8)
+    if ignore_band is not None:
+        best = scores[1:].amax(0).numpy()
+        label[(best > ignore_band[0]) & (best <= ignore_band[1])] = IGNORE
+    return label

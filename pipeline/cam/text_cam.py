@@ -56,6 +56,14 @@ def minmax_normalise(x: torch.Tensor, *, dim: int, eps: float = 1e-7) -> torch.T
     return (x - lo) / (hi - lo + eps)
 
 
+def fuse_cache(text: torch.Tensor, cache: torch.Tensor, weight: float) -> torch.Tensor:
+    """DiCLIP's fusion of the TSA cache CAM with the text CAM (method.md C4): (..., K, N) each ->
+    min-max over the N patches of (weight * cache + text); weight 0 returns `text` unchanged."""
+    if not weight:
+        return text
+    return minmax_normalise(weight * cache.float() + text.float(), dim=-1, eps=1e-7)
+
+
 def text_cams(
     tokens: torch.Tensor,
     text: torch.Tensor,

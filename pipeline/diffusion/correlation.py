@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,3 +87,9 @@ def resample_correlation(r: torch.Tensor, grid: int, size: int, *, flip: bool = 
         x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     out = x.reshape(size * size, size * size).T.contiguous()  # (queries, keys)
     return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def dense_correlation(clusters: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Stage A's stored R (cluster ids (g, g), cluster rows (max_k, g^2)) -> dense (g^2, g^2) float32:
+    row i is the row of patch i's cluster."""
+    return rows.astype(np.float32)[np.asarray(clusters).reshape(-1).astype(np.int64)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -48,3 +49,10 @@ def top_k_rows(p: torch.Tensor, k: int) -> SparseRows:
     truncated = (p != 0).sum(-1) > k
     values = values / kept.clamp_min(1e-30)[:, None]
     return SparseRows(values, index, torch.where(total > 0, kept / total.clamp_min(1e-30), torch.ones_like(kept)), truncated)
+
+
+def dense_transition(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Stage A's stored P (top-k values (n, k) and their columns (n, k)) -> dense (n, n) float32."""
+    dense = np.zeros((values.shape[0], values.shape[0]), dtype=np.float32)
+    np.put_along_axis(dense, index.astype(np.int64), values.astype(np.float32), axis=1)
+    return dense

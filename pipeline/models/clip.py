@@ -215,6 +215,17 @@ def clip_patch_size(model_name: str) -> int:
     return int(patch if isinstance(patch, int) else patch[0])
 
 
+def clip_normalisation(model_name: str, pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0-1 scale that :func:`load_clip` gives ``model.visual.preprocess_cfg``,
+    from the registered config and the tag's entry (no weights loaded, no network)."""
+    cfg = {"mean": PreprocessCfg().mean, "std": PreprocessCfg().std}
+    cfg.update({k: v for k, v in (_model_config(model_name).get("preprocess_cfg") or {}).items() if k in cfg})
+    if pretrained is not None:
+        tag_cfg = oc_pretrained.get_pretrained_cfg(model_name, pretrained) or {}
+        cfg.update({k: tag_cfg[k] for k in cfg if k in tag_cfg})
+    return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+
+
 def _model_config(model_name: str) -> dict[str, Any]:
     """The registered architecture config, or ValueError naming the valid choices."""
     schema, _ = open_clip.factory.parse_model_name(model_name)

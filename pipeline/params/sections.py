@@ -268,6 +268,9 @@ class CamsParams:
     template: str = "a clean origami {}."  # prompt template (DiCLIP, ExCEL)
     prompt_names_file: str | None = "pipeline/data/words/voc_prompt_names.txt"  # one name per class in index order; null: the dataset's class names
     background_words_file: str | None = "pipeline/data/words/voc_background.txt"  # background texts (DiCLIP's 25); null: none
+    attributes_file: str | None = None  # ExCEL's attribute enrichment (off in DiCLIP): JSON {class name: [descriptor sentences]}
+    attribute_clusters: int = 112  # KMeans centres of the descriptor embeddings (ExCEL: 112 VOC, 224 COCO)
+    attribute_drop: float = 0.1  # fraction of each class's lowest centre logits masked (ExCEL: 11 of 112)
     surgery: str = "diclip"  # diclip: last 3 blocks, softmax(qq) + 2 softmax(kk); excel: last 5, mean of qq, kk, vv
     surgery_blocks: int | None = None  # null: the variant's
     head_reduce: str = "sum"  # sum (DiCLIP, ExCEL) | mean | none
@@ -282,8 +285,13 @@ class CamsParams:
     rar: bool = True  # random walk with stage A's P (C6)
     rar_iterations: int = 10
     bg_threshold: float | None = None  # null: background = 1 - max (DiCLIP); else a constant background score, chosen on eval_split
+    par: bool = False  # PAR on the full-size [background, classes] scores before the argmax (ExCEL; not DiCLIP)
+    par_iterations: int = 20
+    ignore_band: tuple[float, float] | None = None  # [low, high]: pixels whose best class score lies in (low, high] become 255; null: none (DiCLIP)
     scales: tuple[float, ...] = (1.0,)  # CLIP input scales of clip_size (DiCLIP: 1.0 only; CLIP-ES/ExCEL-style: e.g. [1.0, 0.5, 1.5, 2.0]); must hold 1.0, whose attention refines
     flip: bool = False  # also run the mirrored image at every scale (in the same batch) and keep the max
+    cache_weight: float = 0.5  # TSA cache CAM fused as minmax(cache_weight * cache + text) (DiCLIP 0.5); 0: no cache
+    batch_images: int = 1  # images per CLIP forward (groups fixed by position, so results never depend on workers); more pays on a GPU
     shard_images: int = 256
     eval_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # eval_cams: background scores swept on the eval split
 
@@ -304,13 +312,86 @@ class CamsParams:
             raise ValueError(f"token_norm must be token or feature, got {self.token_norm!r}")
         if not 0 < self.box_threshold < 1:
             raise ValueError(f"box_threshold must lie in (0, 1), got {self.box_threshold}")
-        for name in ("affinity_blocks", "sinkhorn_rounds", "rar_iterations", "shard_images"):
+        if self.ignore_band is not None and (len(self.ignore_band) != 2 or not 0 <= self.ignore_band[0] < self.ignore_band[1] <= 1):
+            raise ValueError(f"ignore_band must be null or [low, high] with 0 <= low < high <= 1, got {list(self.ignore_band)}")
+        if self.cache_weight < 0:
+            raise ValueError(f"cache_weight must be >= 0 (0 turns the cache off), got {self.cache_weight}")
+        if not 0 <= self.attribute_drop < 1:
+            raise ValueError(f"attribute_drop must lie in [0, 1), got {self.attribute_drop}")
+        for name in ("affinity_blocks", "sinkhorn_rounds", "rar_iterations", "par_iterations", "shard_images",
+                     "attribute_clusters", "batch_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if 1.0 not in self.scales or any(not x > 0 for x in self.scales) or len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct positive factors including 1.0 (the base scale), got {list(self.scales)}")
         if self.bg_threshold is not None and not 0 <= self.bg_threshold <= 1:
             raise ValueError(f"bg_threshold must be null or lie in [0, 1], got {self.bg_threshold}")
+
+
+DICLIP_TSA_TEMPLATE = (
+    "a realistic photograph of a fully visible, entire {} with natural colors, centered in the image, with a clear "
+    "and distinct background, high color contrast, and the {} should not occupy the entire image frame, ensuring "
+    "the {} is completely visible without any part being cropped.")
+TSA_SCHEDULERS = ("default", "ddim", "pndm", "euler", "dpm")
+
+
+@dataclass(frozen=True)
+class TsaCacheParams:
+    """Stage tsa_cache (method.md Stage B): generated class images, their masks, prototype keys and values.
+
+    Defaults are DiCLIP's VOC values; the demo's params.yaml sets the tiny SD's."""
+
+    images_per_class: int = 100  # DiCLIP keeps about 100 per VOC class (50 COCO); raising it draws only the new ones
+    template: str = DICLIP_TSA_TEMPLATE  # every "{}" is the class's prompt name
+    prompt_names_file: str | None = "pipeline/data/words/voc_tsa_names.txt"  # DiCLIP's words (plane, people, buses, ...); null: class names
+    steps: int = 45
+    guidance: float = 10.0
+    scheduler: str = "default"  # default (the model's own) | ddim | pndm | euler | dpm
+    image_size: int = 384
+    seed: int = 0  # image i of class c starts from noise seeded by (seed, c, i)
+    batch: int = 4  # images per pipeline call, in fixed groups of indices (so results never depend on N)
+    box_threshold: float = 0.79  # the masks' box threshold (DiCLIP's cache masks); the rest is the cams path
+    keys_per_class: int = 10  # KMeans centres of each class's foreground prototypes (DiCLIP: 10 VOC, 5 COCO)
+    background_keys: int = 25
+    eval_images: int = 200  # metric: patch accuracy on this many eval-split scenes (0: none)
+
+    def __post_init__(self) -> None:
+        if "{}" not in self.template:
+            raise ValueError(f"template must contain {{}} where the class name goes, got {self.template!r}")
+        if self.scheduler not in TSA_SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(TSA_SCHEDULERS)}, got {self.scheduler!r}")
+        if not 0 < self.box_threshold < 1:
+            raise ValueError(f"box_threshold must lie in (0, 1), got {self.box_threshold}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        for name in ("images_per_class", "steps", "image_size", "batch", "keys_per_class", "background_keys"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_images < 0:
+            raise ValueError(f"eval_images must be >= 0, got {self.eval_images}")
+
+
+@dataclass(frozen=True)
+class TsaAdaptParams:
+    """Stage tsa_adapt (method.md C8, offline): the key/value adapter trained alone on round-1 pseudo-labels,
+    then round-2 CAMs and pseudo-labels with it. Defaults are DiCLIP's VOC values where it has them."""
+
+    hidden: int = 312  # adapter width (DiCLIP: 312 VOC, 512 COCO); must hold the cache's keys
+    iterations: int = 2000
+    batch: int = 4
+    lr: float = 2e-3  # DiCLIP: 2e-3 VOC, 1e-3 COCO
+    weight_decay: float = 0.01
+    warmup: int = 50  # DiCLIP: 50 VOC, 200 COCO
+    dropout: float = 0.1
+    cache_weight: float = 0.1  # round-2 CAM = minmax(cache_weight * ReLU(adapter) + text) (DiCLIP 0.1)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "iterations", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or not 0 <= self.dropout < 1 or self.cache_weight < 0:
+            raise ValueError("lr must be > 0; weight_decay, warmup and cache_weight >= 0; dropout in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -324,6 +405,8 @@ class Params:
     models: ModelsParams = field(default_factory=ModelsParams)
     diffusion_attention: DiffusionAttentionParams = field(default_factory=DiffusionAttentionParams)
     cams: CamsParams = field(default_factory=CamsParams)
+    tsa_cache: TsaCacheParams = field(default_factory=TsaCacheParams)
+    tsa_adapt: TsaAdaptParams = field(default_factory=TsaAdaptParams)
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))

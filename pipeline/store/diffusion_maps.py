@@ -67,19 +67,19 @@ class DiffusionMaps:
 
     def correlation(self, image_id: str) -> np.ndarray:
         """Dense R (g^2, g^2) float32: row i is the mean correlation row of patch i's cluster."""
-        ids, rows = self.correlation_parts(image_id)
-        return rows[ids]
+        from pipeline.diffusion.correlation import dense_correlation
+
+        clusters, k = self.clusters(image_id)
+        return dense_correlation(clusters, self.store.read("rows", self.row(image_id))[:k])
 
     def transition(self, image_id: str) -> np.ndarray:
         """Dense P (t^2, t^2) float32 from the stored top-k entries (rows sum to 1)."""
         if "transition_values" not in self._names:
             raise StoreError(f"{self.store.path}: no transition stored (diffusion_attention.transition.topk was 0)")
+        from pipeline.diffusion.transition import dense_transition
+
         i = self.row(image_id)
-        values = self.store.read("transition_values", i).astype(np.float32)
-        index = self.store.read("transition_index", i).astype(np.int64)
-        dense = np.zeros((values.shape[0], values.shape[0]), dtype=np.float32)
-        np.put_along_axis(dense, index, values, axis=1)
-        return dense
+        return dense_transition(self.store.read("transition_values", i), self.store.read("transition_index", i))
 
     def transition_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per image: mean kept mass of P's rows, and the fraction of rows truncated to top-k."""

@@ -60,6 +60,10 @@ class H5Writer:
         with np.load(self._file(record)) as data:
             return {k: data[k] for k in data.files}
 
+    def drop(self, record: str) -> None:
+        """Forget a staged record (it will not be written by `finish`)."""
+        self._file(record).unlink(missing_ok=True)
+
     def finish(self, *, attrs: Mapping[str, Any], datasets: Mapping[str, np.ndarray] | None = None) -> Path:
         """Write every staged record and `datasets` into `path` (temporary file, then rename); drop the staging."""
         import h5py
@@ -81,13 +85,39 @@ class H5Writer:
         return self.path
 
 
+def seed_from_file(writer: H5Writer, path: str | Path) -> int:
+    """Stage the records of an existing file at `path` written with the writer's key and not staged yet,
+    so a rerun after `finish` (e.g. one that asks for more records) keeps every earlier record byte for
+    byte without recomputing it. Returns how many were taken; a missing or unreadable file gives 0."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("key") != writer.key or "records" not in f:
+                return 0
+            found: list[str] = []
+            f["records"].visititems(lambda name, obj: found.append(name) if _is_record(obj) else None)
+            taken = 0
+            for record in found:
+                if not writer.has(record):
+                    group = f["records"][record]
+                    writer.put(record, {k: group[k][()] for k in group})
+                    taken += 1
+            return taken
+    except OSError:
+        return 0
+
+
 def _dataset(group: Any, name: str, value: np.ndarray) -> None:
     import h5py
 
     if value.dtype.kind in "US":
         group.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype())
     elif value.ndim:
-        group.create_dataset(name, data=value, chunks=True, compression="gzip", compression_opts=4, shuffle=True)
+        group.create_dataset(name, data=value, chunks=value.shape, compression="gzip", compression_opts=4, shuffle=True)  # one chunk per array (per image in records)
     else:
         group.create_dataset(name, data=value)
 

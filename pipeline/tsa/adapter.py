@@ -1,0 +1,102 @@
+"""DiCLIP's key/value adapter (the "dynamic" cache, method.md C8): the static cache made trainable.
+
+Linear(E -> H) whose first K rows are the cache's keys (the rest truncated-normal, std 1, cut at
++-2), ReLU, dropout, Linear(H -> C + 1) whose first K columns are the values (the rest zero),
+dropout on the output. At initialisation its first K hidden units are ReLU(f . key): the static
+cache's key scores, and its logits are those scores gathered through the one-hot values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVAdapter(nn.Module):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, hidden: int, *, dropout: float = 0.1,
+                 seed: int = 0) -> None:
+        super().__init__()
+        K, E = keys.shape
+        if hidden < K:
+            raise ValueError(f"hidden ({hidden}) must hold the {K} keys")
+        self.key = nn.Linear(E, hidden, bias=False)
+        self.value = nn.Linear(hidden, values.shape[1], bias=False)
+        self.drop = nn.Dropout(dropout)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            extra = torch.empty(hidden - K, E)
+            nn.init.trunc_normal_(extra, std=1.0, a=-2.0, b=2.0, generator=generator)
+            self.key.weight.copy_(torch.cat([keys.float(), extra]))
+            self.value.weight.zero_()
+            self.value.weight[:, :K] = values.float().T
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], *, dropout: float = 0.1) -> "KVAdapter":
+        """An adapter of the saved shapes holding the saved weights (key.weight (H, E), value.weight (C+1, H))."""
+        hidden, dim = state["key.weight"].shape
+        adapter = cls(torch.zeros(1, dim), torch.zeros(1, state["value.weight"].shape[0]), hidden, dropout=dropout)
+        adapter.load_state_dict(state)
+        return adapter
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., E) -> (..., H) ReLU(features . rows): the first K are the key scores."""
+        return torch.relu(self.key(features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(..., E) patch features -> (..., C + 1) logits (background first)."""
+        return self.drop(self.value(self.drop(self.scores(features))))
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: int = 255) -> torch.Tensor:
+    """DiCLIP's segmentation loss: 0.5 CE over background-labelled pixels + 0.5 CE over foreground-labelled
+    ones (each a mean over its pixels; a side without pixels adds 0). logits (B, C+1, H, W), labels (B, H, W)."""
+    ce = torch.nn.functional.cross_entropy(logits, labels.long(), ignore_index=ignore, reduction="none")
+    bg, fg = labels == 0, (labels != 0) & (labels != ignore)
+    side = lambda m: ce[m].mean() if m.any() else ce.sum() * 0  # noqa: E731
+    return 0.5 * side(bg) + 0.5 * side(fg)
+
+
+def warmup_poly(step: int, total: int, warmup: int, *, start_ratio: float = 1e-6, power: float = 1.0) -> float:
+    """The learning-rate factor: linear warmup from `start_ratio` over `warmup` steps, then poly decay to 0."""
+    if step < warmup:
+        return start_ratio + (1 - start_ratio) * step / warmup
+    return (1 - (step - warmup) / max(1, total - warmup)) ** power
+
+
+def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tensor, grid: int, *, iterations: int,
+                  batch: int, lr: float, weight_decay: float, warmup: int, seed: int = 0) -> list[float]:
+    """Train `adapter` alone on images' patch features (N, g*g, E) against their pseudo-labels (N, S, S)
+    (0 background, c + 1, 255 ignored): logits on the g x g grid, bilinear to S, balanced CE; AdamW
+    with warmup and poly decay; batches drawn with a generator seeded by `seed`. Returns the losses."""
+    torch.manual_seed(seed)  # dropout
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_poly(s, iterations, warmup))
+    adapter.train()
+    losses = []
+    size = labels.shape[-1]
+    for _ in range(iterations):
+        idx = torch.randint(len(features), (batch,), generator=generator)
+        logits = adapter(features[idx]).transpose(1, 2).reshape(batch, -1, grid, grid)
+        logits = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        loss = balanced_cross_entropy(logits, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    adapter.eval()
+    return losses
+
+
+class AdaptedCache:
+    """The cams stage's cache hook for round 2: ReLU(adapter(patch features))'s class columns (B, C, N),
+    fused as minmax(0.1 * cache + text) (DiCLIP's weight); features are the tokens L2-normalised per feature."""
+
+    def __init__(self, adapter: KVAdapter) -> None:
+        self.adapter = adapter.eval()
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional.normalize(tokens[:, 1:].float(), dim=-1)
+        return torch.relu(self.adapter(f))[..., 1:].transpose(1, 2).contiguous()
