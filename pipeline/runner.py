@@ -202,13 +202,13 @@ class Runner:
         with `runner.torch_threads` wherever an item is computed (float results depend on it)."""
         weights = list(weights) if weights is not None else [1] * len(items)
         with tqdm(total=sum(weights), desc=desc, unit=unit, disable=not items, dynamic_ncols=True) as bar:
-            handed, threads = 0, self.params.torch_threads if uses_torch else 0
+            threads = self.params.torch_threads if uses_torch else 0
             if self.params.in_process:
                 for i, item in enumerate(items):
                     result = _with_threads(fn, item, threads)
                     bar.update(weights[i])
                     yield i, result
-                    handed = _maybe_kill(handed + weights[i])  # the caller has kept the result by now
+                    _maybe_kill(weights[i])  # the caller has kept the result by now
                 return
             from dask.distributed import as_completed
 
@@ -219,7 +219,7 @@ class Runner:
                 result = future.result()
                 bar.update(weights[i])
                 yield i, result
-                handed = _maybe_kill(handed + weights[i])
+                _maybe_kill(weights[i])
 
     def client(self):
         """The dask Client: the configured scheduler, or a LocalCluster of processes started here."""
@@ -237,12 +237,16 @@ def _with_threads(fn: Callable[[T], R], item: T, threads: int) -> R:
     return fn(item)
 
 
-def _maybe_kill(handed: int) -> int:
-    """The testing hook of `imap`: SIGKILL the process group once `handed` reaches DICLIP_KILL_AFTER_IMAGES."""
+_HANDED = [0]  # images `imap` has handed over in this process (all calls together)
+
+
+def _maybe_kill(images: int) -> None:
+    """The testing hook of `imap`: SIGKILL the process group once the images handed over in this process
+    reach DICLIP_KILL_AFTER_IMAGES."""
+    _HANDED[0] += images
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    if kill_after and handed >= kill_after:
+    if kill_after and _HANDED[0] >= kill_after:
         os.killpg(os.getpgrp(), signal.SIGKILL)
-    return handed
 
 
 @contextmanager

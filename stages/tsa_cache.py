@@ -132,10 +132,12 @@ def body(ctx: StageContext) -> dict:
             items.append((c, group, tuple(i for i in missing if i in group)))
     task = DrawTask(models.sd.model, models.device, models.precision, cfg.scheduler, p, cams, prompt_of, cfg.steps,
                     cfg.guidance, cfg.image_size, cfg.seed)
-    for _, records in ctx.runner.imap(task, items, desc="tsa_cache", unit="img", weights=[len(i[2]) for i in items],
-                                        uses_torch=True):
-        for c, i, arrays in records:
-            writer.put(_record(names[c], i), arrays)  # durable at once: a kill loses only what is in flight
+    for c, name in enumerate(names):  # a progress bar per class
+        mine = [item for item in items if item[0] == c]
+        for _, records in ctx.runner.imap(task, mine, desc=f"tsa_cache {name}", unit="img",
+                                            weights=[len(i[2]) for i in mine], uses_torch=True):
+            for k, i, arrays in records:
+                writer.put(_record(names[k], i), arrays)  # durable at once: a kill loses only what is in flight
 
     chosen = {_record(names[c], i): c for c in range(C) for i in range(cfg.images_per_class)}
     for record in set(writer.keys()) - set(chosen):  # images past a lowered N stay out of the file
