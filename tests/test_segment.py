@@ -65,3 +65,22 @@ def test_the_decoder_on_the_tiny_clips_block_tokens():
     torch.testing.assert_close(a, a.transpose(1, 2))
     with pytest.raises(ValueError, match="architecture must be one of diclip"):
         build_decoder("segformer", 128, 6, 7)
+
+
+def test_multiscale_inference_averages_scales_and_flips_back():
+    from pipeline.segment.inference import multiscale_logits
+
+    x = torch.zeros(1, 3, 32, 48)
+    x[..., :24] = 1.0  # bright left half
+    sizes = []
+
+    def logits_of(inp):  # "class 0" where the input is bright, at 1/8 of the input size
+        sizes.append(inp.shape[-1])
+        bright = torch.nn.functional.avg_pool2d(inp[:, :1], 8)
+        return torch.cat([bright, 1 - bright], dim=1)
+
+    logits = multiscale_logits(logits_of, x, (32, 48), base=64, patch=8)
+    assert logits.shape == (1, 2, 32, 48)
+    assert sorted(sizes) == [48, 48, 64, 80, 80, 96, 96]  # 0.7, 1.2, 1.5 with their mirrors; 1.0 alone
+    # a mirror whose logits were not flipped back would average the halves to 0.5
+    assert (logits[0, 0, :, :16] > 0.9).all() and (logits[0, 0, :, 32:] < 0.1).all()
