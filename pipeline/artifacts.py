@@ -54,5 +54,18 @@ TSA_ADAPT_METRIC = Artifact(
     "the adapter's training losses and the round-2 pseudo-labels' mIoU (as metrics/cams.json)", metric=True,
 )
 
+SEGMENTER = Artifact("segmenter", "artifacts/segmenter", "the trained segmenter: model.safetensors (decoder) and config.json")
+TRAIN_CHECKPOINTS = Artifact("train_checkpoints", "artifacts/checkpoints/train",
+                             "training checkpoints (kept across reruns for resuming; not pushed to a remote)")
+TRAIN_LIVE = Artifact("train_live", "artifacts/train_live",
+                      "DVCLive logs of training: metrics.json and plots/metrics/*.tsv (loss, lr, val curve)")
+EVALUATION = Artifact("evaluation", "artifacts/evaluation.zarr", "per-image confusion matrices of the segmenter (zarr)")
+PREDICTIONS = Artifact("predictions", "artifacts/predictions",
+                       "predictions as VOC-palette PNGs in the evaluation server's layout: results/VOC2012/Segmentation/comp6_<split>_cls/")
+SEG_METRIC = Artifact("seg_metric", "artifacts/metrics/seg.json",
+                      "segmenter mIoU, per-class IoU and pixel accuracy on the eval split, beside its pseudo-labels'", metric=True)
+REPORT = Artifact("report", "artifacts/report", "the HTML report (index.html) and its figures")
+
 ALL: tuple[Artifact, ...] = (SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC, TSA_CACHE, TSA_PICTURE, TSA_METRIC, CAMS,
-                             PSEUDO_LABELS, CAMS_METRIC, TSA_ADAPTER, CAMS_ROUND2, PSEUDO_LABELS_ROUND2, TSA_ADAPT_METRIC)
+                             PSEUDO_LABELS, CAMS_METRIC, TSA_ADAPTER, CAMS_ROUND2, PSEUDO_LABELS_ROUND2, TSA_ADAPT_METRIC,
+                             SEGMENTER, TRAIN_CHECKPOINTS, TRAIN_LIVE, EVALUATION, PREDICTIONS, SEG_METRIC, REPORT)

@@ -8,6 +8,9 @@ from stages.common import setup_logging
 from stages.cams import cams_command
 from stages.diffusion_attention import diffusion_attention_command
 from stages.eval_cams import eval_cams_command
+from stages.evaluate import evaluate_command
+from stages.report import report_command
+from stages.train import train_command
 from stages.tsa_adapt import tsa_adapt_command
 from stages.tsa_cache import tsa_cache_command
 from stages.params_cmd import params_group
@@ -26,7 +29,9 @@ def main(verbose: int, quiet: bool) -> None:
 
     Stages (run them all with `dvc repro`; each reads params.yaml): shapes generate (demo data),
     prepare (validate + index the dataset), diffusion-attention (SD self-attention -> clusters,
-    refined correlation R, RAR transition P), cams (CAMs + pseudo-labels), eval-cams (their mIoU).
+    refined correlation R, RAR transition P), tsa-cache (generated class images, keys, values), cams
+    (CAMs + pseudo-labels), eval-cams (their mIoU), tsa-adapt (round-2 labels), train (the segmenter
+    from the pseudo-labels), evaluate (its mIoU, predictions), report (artifacts/report/index.html).
     Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
     shapes pretrain-sd. Utilities: params (check, show, preset).
     """
@@ -42,6 +47,9 @@ main.add_command(tsa_cache_command)
 main.add_command(cams_command)
 main.add_command(eval_cams_command)
 main.add_command(tsa_adapt_command)
+main.add_command(train_command)
+main.add_command(evaluate_command)
+main.add_command(report_command)
 main.add_command(params_group)
 
 if __name__ == "__main__":

@@ -151,10 +151,16 @@ def stage_problems(root: Path) -> list[str]:
         params = set(stage.get("params", []))
         problems += [f"{name}: params miss {p}" for p in sorted(set(spec.params) - params)]
         problems += [f"{name}: params list {p}, which the stage does not declare" for p in sorted(params - set(spec.params))]
-        outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])}
+        declared = [next(iter(o)) if isinstance(o, dict) else o
+                    for o in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])]
+        # an artifact folder may be declared by what DVC needs to see inside it (DVCLive's metrics.json and
+        # plots folder), so a declared path counts as the artifact it lies in
+        within = lambda path, artifact: path == artifact or path.startswith(artifact + "/")  # noqa: E731
+        outs = {next((a.path for a in spec.outputs if within(o, a.path)), o) for o in declared}
         problems += [f"{name}: outs should be {sorted(a.path for a in spec.outputs)}, not {sorted(outs)}"] \
             if outs != {a.path for a in spec.outputs} else []
-        problems += [f"{name}: deps miss the input artifact {a.path}" for a in spec.inputs if a.path not in listed]
+        problems += [f"{name}: deps miss the input artifact {a.path}" for a in spec.inputs
+                     if not any(within(d.split("#")[0].strip(), a.path) for d in listed)]
         problems += [f"{name}: the command names a path ({w}); paths come from pipeline/artifacts.py"
                      for w in words if "/" in w]
     return problems

@@ -53,9 +53,11 @@ def test_the_decoder_on_the_tiny_clips_block_tokens():
     images = torch.randint(0, 256, (2, 64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     x = to_clip_input(images.numpy(), visual)
     with torch.no_grad():
-        tokens = clip_block_tokens(visual, x)
+        tokens, grid = clip_block_tokens(visual, x)
         plain = surgery_forward(visual, x, surgery_blocks=0).tokens[:, 1:]
-    assert tokens.shape == (2, 6, 64, 128)
+    assert tokens.shape == (2, 6, 64, 128) and grid == 8
+    bigger, g16 = clip_block_tokens(visual, torch.nn.functional.interpolate(x, size=128))  # any multiple of the patch
+    assert bigger.shape == (2, 6, 256, 128) and g16 == 16
     torch.testing.assert_close(visual.ln_post(tokens[:, -1]) @ visual.proj, plain, atol=1e-5, rtol=1e-5)
     decoder = build_decoder("diclip", 128, 6, 7, dim=32, layers=1, heads=4).eval()
     logits, features = decoder(tokens, 8)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.segment.names import ARCHITECTURE_NAMES
+
 
 class DiclipDecoder(nn.Module):
     def __init__(self, in_dim: int, blocks: int, num_classes: int, *, dim: int = 256, layers: int = 3,
@@ -48,6 +50,7 @@ def feature_affinity(features: torch.Tensor) -> torch.Tensor:
 
 #: `train.architecture` names -> decoder factories (in_dim, blocks, num_classes, **options)
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"diclip": DiclipDecoder}
+assert tuple(sorted(ARCHITECTURES)) == tuple(sorted(ARCHITECTURE_NAMES)), "register the name in pipeline/segment/names.py too"
 
 
 def build_decoder(name: str, in_dim: int, blocks: int, num_classes: int, **options) -> nn.Module:
@@ -56,16 +59,20 @@ def build_decoder(name: str, in_dim: int, blocks: int, num_classes: int, **optio
     return ARCHITECTURES[name](in_dim, blocks, num_classes, **options)
 
 
-def clip_block_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) CLIP input -> (B, blocks, g*g, width): every residual block's output patch tokens
-    (class token dropped), read with forward hooks during one plain forward of the vision tower."""
-    outputs: list[torch.Tensor] = []
-    batch_first = getattr(visual.transformer, "batch_first", True)
-    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out if batch_first else out.transpose(0, 1)))
-             for block in visual.transformer.resblocks]
-    try:
-        visual(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.stack([o[:, 1:] for o in outputs], dim=1)
+def clip_block_tokens(visual: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(B, 3, S, S) normalised CLIP input at any size (a multiple of the patch) -> ((B, blocks, g*g, width),
+    g): every residual block's output patch tokens (class token dropped), the position embedding resized
+    to the g x g grid as the CAM path does. Frozen: no gradient flows back into CLIP."""
+    from pipeline.cam.surgery import embed_images
+
+    with torch.no_grad():
+        h, (gh, gw) = embed_images(visual, x)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        h = h if batch_first else h.transpose(0, 1)
+        outputs = []
+        for block in visual.transformer.resblocks:
+            h = block(h)
+            outputs.append(h if batch_first else h.transpose(0, 1))
+    if gh != gw:
+        raise ValueError(f"the segmenter reads square inputs, got a {gh} x {gw} token grid")
+    return torch.stack([o[:, 1:] for o in outputs], dim=1).float(), gh

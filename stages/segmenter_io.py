@@ -1,0 +1,79 @@
+"""What the stages around the segmenter share (train, evaluate, report): the saved segmenter (a folder
+with `model.safetensors`, the decoder's weights, and `config.json`, everything needed to rebuild it on
+its frozen CLIP) and the CLIP input normalisation of uint8 images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def normalise(image: np.ndarray, mean_255, std_255):
+    """uint8 (H, W, 3) -> (3, H, W) float32, normalised on the 0-255 scale (as the CAM path feeds CLIP)."""
+    import torch
+
+    x = (np.asarray(image, dtype=np.float32) - np.asarray(mean_255, np.float32)) / np.asarray(std_255, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def input_normalisation(normalise: str, clip) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0-255 scale of the CLIP input, as `cams.normalise` says (the CAM path's own)."""
+    from pipeline.cam.images import IMAGENET_MEAN_255, IMAGENET_STD_255
+    from pipeline.models.clip import clip_normalisation
+
+    if normalise != "model":
+        return IMAGENET_MEAN_255, IMAGENET_STD_255
+    mean, std = clip_normalisation(clip.model, clip.pretrained)
+    return tuple(255 * m for m in mean), tuple(255 * s for s in std)
+
+
+def save_segmenter(folder: Path, decoder, config: dict[str, Any]) -> None:
+    """Write the decoder's weights and its config into `folder` atomically (a complete folder or none)."""
+    from safetensors.torch import save_file
+
+    from pipeline import atomic
+
+    state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+
+    atomic.write_with(folder, write)
+
+
+@dataclass(frozen=True)
+class SavedSegmenter:
+    """Picklable handle of a saved segmenter; `load()` gives (decoder in eval mode, frozen CLIP tower, config)."""
+
+    folder: str
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        from pipeline.errors import UserError
+
+        path = Path(self.folder) / "config.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: not a saved segmenter (run `diclip train` first): {err}") from None
+
+    def load(self):
+        from safetensors.torch import load_file
+
+        from pipeline.models import load_clip
+        from pipeline.segment.decoder import build_decoder
+
+        cfg = self.config
+        clip = load_clip(cfg["clip_model"], cfg["clip_pretrained"], device=self.device, precision=self.precision)
+        visual = clip.model.visual.eval().requires_grad_(False)
+        decoder = build_decoder(cfg["architecture"], cfg["in_dim"], cfg["blocks"], cfg["num_classes"], **cfg["options"])
+        decoder.load_state_dict(load_file(str(Path(self.folder) / "model.safetensors")))
+        return decoder.to(next(visual.parameters()).device).eval(), visual, cfg
