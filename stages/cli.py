@@ -8,7 +8,7 @@ from stages.common import setup_logging
 from stages.cams import cams_command
 from stages.diffusion_attention import diffusion_attention_command
 from stages.eval_cams import eval_cams_command
-from stages.evaluate import evaluate_command
+from stages.evaluate import evaluate_command, predict_command
 from stages.report import report_command
 from stages.train import train_command
 from stages.tsa_adapt import tsa_adapt_command
@@ -33,7 +33,8 @@ def main(verbose: int, quiet: bool) -> None:
     (CAMs + pseudo-labels), eval-cams (their mIoU), tsa-adapt (round-2 labels), train (the segmenter
     from the pseudo-labels), evaluate (its mIoU, predictions), report (artifacts/report/index.html).
     Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
-    shapes pretrain-sd. Utilities: params (check, show, preset).
+    shapes pretrain-sd. Utilities: params (check, show, preset), predict (a split without masks,
+    e.g. VOC test, in the evaluation server's layout).
     """
     setup_logging(-1 if quiet else verbose)
 
@@ -49,6 +50,7 @@ main.add_command(eval_cams_command)
 main.add_command(tsa_adapt_command)
 main.add_command(train_command)
 main.add_command(evaluate_command)
+main.add_command(predict_command)
 main.add_command(report_command)
 main.add_command(params_group)
 

@@ -23,7 +23,7 @@ import click
 
 from pipeline import artifacts
 from pipeline.skeleton import StageContext, StageSpec, run_stage
-from stages.common import artifact_options
+from stages.common import artifact_options, friendly_errors, params_option
 
 SPEC = StageSpec(
     name="evaluate", module=__name__, params=("evaluate", "models.device", "models.precision"),
@@ -49,36 +49,19 @@ class EvalTask:
     config: object  # EvaluateParams
 
     def build(self):
-        import numpy as np
-        import torch
-
-        from pipeline.segment.crf import CrfConfig, dense_crf
-        from pipeline.segment.inference import multiscale_logits
         from pipeline.segment.scores import confusion
-        from pipeline.segment.training import segment_logits
         from pipeline.store.dataset_index import DatasetIndex
         from pipeline.store.image_store import FileSpec
-        from stages.segmenter_io import normalise
+        from stages.segmenter_io import segment_image
 
         decoder, visual, saved = self.segmenter.load()
-        device = next(visual.parameters()).device
         images = DatasetIndex.load(self.index).images([self.split])
         pseudo = FileSpec("label", self.labels)
-        cfg, K = self.config, saved["num_classes"] + 1
-        crf = CrfConfig(cfg.crf_iterations, cfg.crf_pos_xy, cfg.crf_pos_weight, cfg.crf_bi_xy, cfg.crf_bi_rgb,
-                        cfg.crf_bi_weight)
+        K = saved["num_classes"] + 1
 
         def compute(image_id: str) -> dict:
             image, mask = images.load_image(image_id), images.load_mask(image_id)
-            x = normalise(image, saved["mean_255"], saved["std_255"]).to(device)
-            logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), x[None], mask.shape,
-                                       base=cfg.size, patch=saved["patch"], scales=tuple(cfg.scales), flip=cfg.flip,
-                                       fraction=cfg.fraction)[0].float().cpu()
-            if cfg.crf:
-                pred = dense_crf(torch.softmax(logits, 0).numpy(), image, crf).argmax(0)
-            else:
-                pred = logits.argmax(0).numpy()
-            pred = pred.astype(np.uint8)
+            pred = segment_image(decoder, visual, saved, self.config, image)
             return {"confusion": confusion(pred, mask, K), "pseudo_confusion": confusion(pseudo.read(image_id), mask, K),
                     "prediction": pred}
 
@@ -121,9 +104,47 @@ def body(ctx: StageContext) -> dict:
 @click.command("evaluate")
 @artifact_options(SPEC)
 def evaluate_command(params_path: Path, paths: dict[str, Path]) -> None:
-    """Evaluate the segmenter on the eval split: multi-scale (`scales` of `size`) + `flip` inference,
+    """Evaluate the segmenter on the eval split (stage D): multi-scale (`scales` of `size`) + `flip` inference,
     optional DenseCRF (`crf`), mIoU with background (255 ignored), per-class IoU and pixel accuracy
     beside the same split's pseudo-labels; palette PNGs in the VOC server's layout."""
     metric, _ = run_stage(SPEC, body, params_path=params_path, paths=paths)
     click.echo(f"{metric['split']}: segmenter mIoU {metric['segmenter']['miou']:.3f}, "
                f"pseudo-labels {metric['pseudo_labels']['miou']:.3f} over {metric['images']} images")
+
+
+@click.command("predict")
+@click.option("--segmenter", type=click.Path(path_type=Path), default=artifacts.SEGMENTER.path, show_default=True,
+              help="The trained segmenter folder (stage train).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="A VOC-layout dataset folder (default: dataset.root in the params).")
+@click.option("--split", default="test", show_default=True, help="The split list ImageSets/Segmentation/<split>.txt.")
+@click.option("--out", type=click.Path(path_type=Path), default=artifacts.PREDICTIONS.path, show_default=True,
+              help="Where results/VOC2012/Segmentation/comp6_<split>_cls/ is written.")
+@params_option
+@friendly_errors
+def predict_command(params_path: Path, segmenter: Path, root: Path | None, split: str, out: Path) -> None:
+    """Predict a split that has no masks (VOC test) for the evaluation server: every image of the split
+    list through the `evaluate` section's inference, written as VOC-palette PNGs in the server's layout
+    (tar `results/` and upload it). Not a DVC stage: the index holds only splits with masks."""
+    from pipeline.data.decode import decode_image, read_bytes
+    from pipeline.data.layout import IMAGE_DIR, IMAGE_SUFFIXES, Layout, find_split_file, read_split_ids
+    from pipeline.data.voc import SPLIT_DIRS
+    from pipeline.params import load_params
+
+    params = load_params(params_path)
+    root = Path(root or params.dataset.root)
+    ids = read_split_ids(find_split_file(root, split, SPLIT_DIRS))
+    layout = Layout(root / IMAGE_DIR, root, image_suffixes=IMAGE_SUFFIXES)
+    paths = [layout.image_path(i) for i in ids]  # every image checked before any work
+    from tqdm import tqdm
+
+    from pipeline import atomic
+    from pipeline.data.palette import palette_png
+    from stages.segmenter_io import SavedSegmenter, segment_image
+
+    decoder, visual, saved = SavedSegmenter(str(segmenter), params.models.device, params.models.precision).load()
+    folder = submission_folder(out, split)
+    for image_id, path in tqdm(list(zip(ids, paths)), desc=f"predict {split}", unit="img"):
+        pred = segment_image(decoder, visual, saved, params.evaluate, decode_image(read_bytes(path, "image"), path))
+        atomic.write_bytes(folder / f"{image_id}.png", palette_png(pred))
+    click.echo(f"predict: {len(ids)} predictions in {folder}")

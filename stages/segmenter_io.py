@@ -77,3 +77,22 @@ class SavedSegmenter:
         decoder = build_decoder(cfg["architecture"], cfg["in_dim"], cfg["blocks"], cfg["num_classes"], **cfg["options"])
         decoder.load_state_dict(load_file(str(Path(self.folder) / "model.safetensors")))
         return decoder.to(next(visual.parameters()).device).eval(), visual, cfg
+
+
+def segment_image(decoder, visual, saved: dict[str, Any], cfg: Any, image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W, 3) image -> (H, W) uint8 class indices through the evaluate section's inference:
+    multi-scale (+ flip) logits around `cfg.size`, then DenseCRF on the softmax when `cfg.crf`."""
+    import torch
+
+    from pipeline.segment.crf import CrfConfig, dense_crf
+    from pipeline.segment.inference import multiscale_logits
+    from pipeline.segment.training import segment_logits
+
+    x = normalise(image, saved["mean_255"], saved["std_255"]).to(next(visual.parameters()).device)
+    logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), x[None], image.shape[:2],
+                               base=cfg.size, patch=saved["patch"], scales=tuple(cfg.scales), flip=cfg.flip,
+                               fraction=cfg.fraction)[0].float().cpu()
+    if not cfg.crf:
+        return logits.argmax(0).numpy().astype(np.uint8)
+    crf = CrfConfig(cfg.crf_iterations, cfg.crf_pos_xy, cfg.crf_pos_weight, cfg.crf_bi_xy, cfg.crf_bi_rgb, cfg.crf_bi_weight)
+    return dense_crf(torch.softmax(logits, 0).numpy(), image, crf).argmax(0).astype(np.uint8)
