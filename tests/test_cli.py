@@ -19,7 +19,8 @@ ALL = list(commands(main))
 # what the README documents; a command added or renamed must be added here (and to the README)
 DOCUMENTED = {
     ("shapes",), ("shapes", "generate"), ("shapes", "pretrain-clip"), ("shapes", "pretrain-sd"),
-    ("prepare",), ("diffusion-attention",), ("tsa-cache",), ("cams",), ("eval-cams",), ("tsa-adapt",), ("params",), ("params", "check"), ("params", "show"),
+    ("prepare",), ("diffusion-attention",), ("tsa-cache",), ("cams",), ("eval-cams",), ("tsa-adapt",), ("train",), ("evaluate",),
+    ("report",), ("predict",), ("params",), ("params", "check"), ("params", "show"),
     ("params", "preset"),
 }
 

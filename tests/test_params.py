@@ -35,7 +35,7 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"datset": {}}, "unknown key datset; valid keys: cams, dataset, diffusion_attention, models, prepare, runner, shapes"),
+    ({"datset": {}}, "unknown key datset; valid keys: cams, dataset, diffusion_attention, evaluate, models, prepare, report, runner, shapes, train, tsa_adapt, tsa_cache"),
     ({"dataset": {"rooot": "x"}}, "unknown key dataset.rooot"),
     ({"dataset": {"kind": "pascal"}}, "dataset.kind must be one of 'folder', 'voc', 'coco', got 'pascal'"),
     ({"runner": {"n_workers": "two"}}, "runner.n_workers must be an integer, got 'two'"),
@@ -48,6 +48,12 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
     ({"shapes": {"world": {"colour": 1}}}, "unknown key shapes.world.colour"),
     ({"prepare": {"on_error": "ignore"}}, "prepare.on_error must be one of 'fail', 'skip', got 'ignore'"),
     ({"prepare": {"shard_images": 0}}, "shard_images must be >= 1"),
+    ({"train": {"dim": 100}}, "train.dim 100 must be a multiple of heads 8"),
+    ({"train": {"rescale": [2.0, 1.0]}}, "train.rescale must be [low, high] with 0 < low <= high, got [2.0, 1.0]"),
+    ({"train": {"architecture": "unet"}}, "train.architecture must be one of diclip, got 'unet'"),
+    ({"train": {"iterations": 0}}, "train.iterations must be >= 1, got 0"),
+    ({"evaluate": {"scales": []}}, "evaluate.scales must be a non-empty list of positive factors, got []"),
+    ({"evaluate": {"fraction": 1.5}}, "evaluate.fraction must be in (0, 1], got 1.5"),
     ({"dataset": "voc"}, "dataset must be a mapping"),
 ])
 def test_bad_params_are_rejected_by_name(data, message):

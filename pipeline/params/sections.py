@@ -459,8 +459,12 @@ class EvaluateParams:
     shard_images: int = 256
 
     def __post_init__(self) -> None:
-        if self.size < 1 or not self.scales or min(self.scales) <= 0 or not 0 < self.fraction <= 1:
-            raise ValueError("size must be >= 1, scales positive and non-empty, fraction in (0, 1]")
+        if self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {list(self.scales)}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.crf:
             import importlib.util
 
