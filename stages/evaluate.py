@@ -74,15 +74,16 @@ class EvalTask:
 
 
 def body(ctx: StageContext) -> dict:
-    from pipeline.segment.scores import scores
-    from pipeline.store.image_store import ArraySpec, FileSpec
     from stages.segmenter_io import SavedSegmenter
 
     cfg, models = ctx.params.evaluate, ctx.params.models
     index = ctx.index()
     split = index.meta["eval_split"]
     segmenter = SavedSegmenter(str(ctx.path(artifacts.SEGMENTER)), models.device, models.precision)
-    saved = segmenter.config
+    saved = segmenter.config  # a missing or broken segmenter is refused here, before torch is imported
+
+    from pipeline.segment.scores import scores
+    from pipeline.store.image_store import ArraySpec, FileSpec
     names = ("background", *index.class_names)
     K = len(names)
     task = EvalTask(segmenter, str(index.path), split, str(ctx.path(artifacts.PSEUDO_LABELS)), cfg)

@@ -66,10 +66,22 @@ class _Interrupt:
 
 
 def body(ctx: StageContext) -> dict:
+    from pipeline.errors import UserError
+
+    cfg, models = ctx.params.train, ctx.params.models
+    index = ctx.index()
+    train_ids = index.ids(index.meta["train_split"])
+    val_split = index.meta["eval_split"]
+    val_ids = index.ids(val_split)[:cfg.val_images] if val_split != index.meta["train_split"] else []
+    folder = ctx.path(artifacts.PSEUDO_LABELS)
+    missing = [i for i in (*train_ids, *val_ids) if not (folder / f"{i}.png").is_file()]
+    if missing:  # refused before torch is imported
+        raise UserError(f"{folder}: no pseudo-label for image id {missing[0]!r} ({len(missing)} missing); "
+                        "run `diclip cams` first")
+
     import numpy as np
     import torch
 
-    from pipeline.errors import UserError
     from pipeline.metrics import confusion_matrix, iou_from_confusion
     from pipeline.models import load_clip
     from pipeline.segment.decoder import build_decoder
@@ -78,16 +90,7 @@ def body(ctx: StageContext) -> dict:
     from pipeline.store.image_store import FileSpec
     from stages.segmenter_io import input_normalisation, normalise, save_segmenter
 
-    cfg, models = ctx.params.train, ctx.params.models
-    index = ctx.index()
-    train_ids = index.ids(index.meta["train_split"])
-    val_split = index.meta["eval_split"]
-    val_ids = index.ids(val_split)[:cfg.val_images] if val_split != index.meta["train_split"] else []
-    labels = FileSpec("label", str(ctx.path(artifacts.PSEUDO_LABELS)))
-    missing = [i for i in (*train_ids, *val_ids) if not labels.path(i).is_file()]
-    if missing:
-        raise UserError(f"{labels.folder}: no pseudo-label for image id {missing[0]!r} ({len(missing)} missing); "
-                        "run `diclip cams` first")
+    labels = FileSpec("label", str(folder))
     C = len(index.class_names)
     mean, std = input_normalisation(ctx.params.cams.normalise, models.clip)
     images = index.images([index.meta["train_split"], val_split])

@@ -325,3 +325,15 @@ def test_predict_writes_a_maskless_split_in_the_server_layout_as_evaluate_does(w
                                        str(out / "segmenter"), "--root", str(root), "--out", str(tmp_path / "sub2")])
     assert result.exit_code == 1 and f"image id {ids[1]!r} has no image file" in result.output
     assert not (tmp_path / "sub2").exists()  # refused before any work
+
+
+def test_evaluate_without_a_segmenter_is_refused_naming_it(world, planted, tmp_path):
+    from pipeline.errors import UserError
+    from stages import evaluate
+
+    paths = {"index": world["index"], "segmenter": tmp_path / "nothing", "pseudo_labels": planted,
+             "evaluation": tmp_path / "evaluation.zarr", "predictions": tmp_path / "predictions",
+             "seg_metric": tmp_path / "seg.json"}
+    with pytest.raises(UserError, match=r"nothing/config.json: not a saved segmenter \(run `diclip train` first\)"):
+        run_stage(evaluate.SPEC, evaluate.body, params=parse_params(params()), paths=paths)
+    assert not any(tmp_path.iterdir())  # nothing written
