@@ -33,7 +33,7 @@ EVALUATE = {"size": 64, "scales": [1.0, 1.5], "flip": True, "crf": False}
 
 # ---------------------------------------------------------------- pure pieces
 def test_the_loss_split_over_ranks_sums_to_the_whole_batch():
-    from pipeline.segment.losses import segmenter_loss
+    from pipeline.segment.losses import loss_sums, segmenter_loss
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 3, 4, 4, generator=g, requires_grad=True)
@@ -43,16 +43,14 @@ def test_the_loss_split_over_ranks_sums_to_the_whole_batch():
     labels[1, :4] = 255
     whole = segmenter_loss(logits, affinity, labels, 4, radius=2)
 
-    def total_of(part):  # what all_reduce would give: the counts of both halves
-        from pipeline.segment.losses import loss_sums
-
-        return sum(loss_sums(logits[s].detach(), affinity[s], labels[s], 4, 2)[1] for s in (slice(0, 2), slice(2, 4)))
-
-    halves = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2, total=lambda c, s=s: total_of(s), world=2)
-              for s in (slice(0, 2), slice(2, 4))]
+    parts = (slice(0, 2), slice(2, 4))
+    # what all_reduce would give each rank: the counts of both halves summed
+    all_counts = sum(loss_sums(logits[s].detach(), affinity[s], labels[s], 4, 2)[1] for s in parts)
+    halves = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2, total=lambda _local: all_counts, world=2)
+              for s in parts]
     assert float(sum(halves).detach() / 2) == pytest.approx(float(whole.detach()), rel=1e-6)
     # and not the mean of each half's own loss, which weighs the halves' pixels differently
-    own = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2) for s in (slice(0, 2), slice(2, 4))]
+    own = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2) for s in parts]
     assert abs(float(sum(own).detach() / 2) - float(whole.detach())) > 1e-3
 
 
