@@ -82,9 +82,9 @@ def body(ctx: StageContext) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.metrics import confusion_matrix, iou_from_confusion
     from pipeline.models import load_clip
     from pipeline.segment.decoder import build_decoder
+    from pipeline.segment.scores import confusion, scores
     from pipeline.segment.training import SegmenterTrainer, TrainConfig, patch_size, predict
     from pipeline.store.checkpoints import CheckpointStore
     from pipeline.store.image_store import FileSpec
@@ -129,13 +129,13 @@ def body(ctx: StageContext) -> dict:
         history = resumed[1]["history"]
         log.info("resuming from the checkpoint of step %d", resumed[0])
 
-    def val_miou() -> float:
+    def val_miou() -> float:  # scored as evaluate scores (pipeline.segment.scores)
         conf = np.zeros((C + 1, C + 1), dtype=np.int64)
         for image_id in val_ids:
             pred = predict(decoder, visual, normalise(images.load_image(image_id), mean, std).to(device), cfg.crop,
                            patch=patch_size(visual)).cpu().numpy().astype(np.uint8)
-            conf += confusion_matrix(pred, labels.read(image_id), C + 1)
-        return float(np.nanmean(iou_from_confusion(conf)))
+            conf += confusion(pred, labels.read(image_id), C + 1)
+        return scores(conf, ("background", *index.class_names))["miou"]
 
     writer = rank == 0
     interrupt = _Interrupt()

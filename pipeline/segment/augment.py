@@ -38,14 +38,16 @@ def epoch_order(seed: int, epoch: int, n_images: int) -> np.ndarray:
     return _generator(seed, epoch, n_images).permutation(n_images)
 
 
-def sample_plan(seed: int, step: int, slot: int, batch: int, n_images: int, rescale: tuple[float, float]) -> SamplePlan:
-    """Sample `slot` of the global batch of `step`: images in epoch order, each seen once per epoch."""
+def sample_plan(seed: int, step: int, slot: int, batch: int, n_images: int, rescale: tuple[float, float],
+                flip: bool = True) -> SamplePlan:
+    """Sample `slot` of the global batch of `step`: images in epoch order, each seen once per epoch; mirrored
+    with probability 0.5 when `flip` (the draw is made either way, so the other choices do not depend on it)."""
     position = step * batch + slot
     epoch, at = divmod(position, n_images)
     rng = _generator(seed, step, slot)
     low, high = rescale
-    return SamplePlan(int(epoch_order(seed, epoch, n_images)[at]), float(rng.uniform(low, high)),
-                      float(rng.random()), float(rng.random()), bool(rng.random() < 0.5))
+    scale, crop_y, crop_x, mirrored = float(rng.uniform(low, high)), float(rng.random()), float(rng.random()), rng.random() < 0.5
+    return SamplePlan(int(epoch_order(seed, epoch, n_images)[at]), scale, crop_y, crop_x, flip and bool(mirrored))
 
 
 def augment(image: torch.Tensor, label: torch.Tensor, plan: SamplePlan, crop: int) -> tuple[torch.Tensor, torch.Tensor]:

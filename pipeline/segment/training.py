@@ -84,9 +84,7 @@ class SegmenterTrainer:
         cfg, step = self.config, self.step if step is None else step
         pairs = []
         for slot in self.slots():
-            plan = sample_plan(cfg.seed, step, slot, cfg.batch, self.n_images, cfg.rescale)
-            if not cfg.flip:
-                plan = type(plan)(plan.index, plan.scale, plan.crop_y, plan.crop_x, False)
+            plan = sample_plan(cfg.seed, step, slot, cfg.batch, self.n_images, cfg.rescale, cfg.flip)
             pairs.append(augment(*sample(plan.index), plan, cfg.crop))
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
