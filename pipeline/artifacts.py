@@ -15,6 +15,9 @@ class Artifact:
     path: str
     what: str
     metric: bool = False  # a small JSON metric file (dvc.yaml `metrics:`, DVC-cached so `dvc exp show` reads it)
+    # False: a stage's working state, kept between runs but not a DVC output, so a clone that pulled
+    # everything is up to date without it (DVC would call a missing `cache: false` output "deleted" and rerun)
+    tracked: bool = True
 
     @property
     def option(self) -> str:
@@ -56,7 +59,8 @@ TSA_ADAPT_METRIC = Artifact(
 
 SEGMENTER = Artifact("segmenter", "artifacts/segmenter", "the trained segmenter: model.safetensors (decoder) and config.json")
 TRAIN_CHECKPOINTS = Artifact("train_checkpoints", "artifacts/checkpoints/train",
-                             "training checkpoints (kept across reruns for resuming; not pushed to a remote)")
+                             "training checkpoints (kept across reruns for resuming; not a DVC output, never pushed)",
+                             tracked=False)
 TRAIN_LIVE = Artifact("train_live", "artifacts/train_live",
                       "DVCLive logs of training: metrics.json and plots/metrics/*.tsv (loss, lr, val curve)")
 EVALUATION = Artifact("evaluation", "artifacts/evaluation.zarr", "per-image confusion matrices of the segmenter (zarr)")

@@ -11,10 +11,14 @@ recomputes a finished image whose input digest changed.
 
 Cluster: `runner.scheduler_address` (or $DASK_SCHEDULER_ADDRESS) joins an existing cluster whose
 workers see the same filesystem path; otherwise a LocalCluster of worker processes is started, one
-torch thread each. `runner.in_process` runs everything here, without dask.
+torch thread each. Every task runs in the driver's working directory (the repo root), so the relative
+artifact paths that stages store and pass around mean the same files on every worker, wherever the
+worker was started. `runner.in_process` runs everything here, without dask.
 
-Testing hook: with DICLIP_KILL_AFTER_IMAGES=N in the environment the driver kills its own process
-group with SIGKILL once N images are staged: a deterministic `kill -9` at a known point.
+Testing hooks, each a deterministic `kill -9` at a known point: with DICLIP_KILL_AFTER_IMAGES=N in the
+driver's environment the driver kills its own process group once N images are staged; with
+DICLIP_WORKER_KILL_AFTER_IMAGES=N in a worker's environment that worker process kills itself once it
+has staged N images (the cluster must finish the stage without it).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ImageFn = Callable[[str], Mapping[str, np.ndarray]]
 KILL_AFTER_ENV = "DICLIP_KILL_AFTER_IMAGES"
+WORKER_KILL_AFTER_ENV = "DICLIP_WORKER_KILL_AFTER_IMAGES"
 CHUNK_SECONDS = 0.5  # target compute time of one dask task (a chunk of images)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -154,12 +159,13 @@ class Runner:
         if self.params.in_process:
             _set_torch_threads(threads)
             for i in pending:
-                yield compute_images(staging, [(i, ids[i])], task, threads)[0]
+                yield compute_images(staging, [(i, ids[i])], task, threads, os.getcwd())[0]
             return
         from dask.distributed import as_completed
 
         client = self.client()
         token = _token(task)
+        root = os.getcwd()
         [task_ref] = client.scatter([task], broadcast=True, hash=False)
         window = max(2, 2 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
         largest = max(1, len(pending) // (8 * window))
@@ -171,7 +177,7 @@ class Runner:
             chunk = [(i, ids[i]) for i in itertools.islice(todo, size)]
             if not chunk:
                 return None
-            return client.submit(compute_images, staging, chunk, task_ref, threads,
+            return client.submit(compute_images, staging, chunk, task_ref, threads, root,
                                  key=f"images-{token}-{chunk[0][0]}", pure=False)
 
         running = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
@@ -205,7 +211,7 @@ class Runner:
             threads = self.params.torch_threads if uses_torch else 0
             if self.params.in_process:
                 for i, item in enumerate(items):
-                    result = _with_threads(fn, item, threads)
+                    result = _with_threads(fn, item, threads, os.getcwd())
                     bar.update(weights[i])
                     yield i, result
                     _maybe_kill(weights[i])  # the caller has kept the result by now
@@ -213,7 +219,8 @@ class Runner:
             from dask.distributed import as_completed
 
             client = self.client()
-            futures = {client.submit(_with_threads, fn, item, threads, pure=False): i for i, item in enumerate(items)}
+            root = os.getcwd()
+            futures = {client.submit(_with_threads, fn, item, threads, root, pure=False): i for i, item in enumerate(items)}
             for future in as_completed(futures):
                 i = futures[future]
                 result = future.result()
@@ -228,8 +235,10 @@ class Runner:
         return self._client
 
 
-def _with_threads(fn: Callable[[T], R], item: T, threads: int) -> R:
-    """`fn(item)` with torch limited to `threads` (0: leave torch alone, and do not import it)."""
+def _with_threads(fn: Callable[[T], R], item: T, threads: int, root: str) -> R:
+    """`fn(item)` in the driver's directory `root`, with torch limited to `threads` (0: leave torch
+    alone, and do not import it)."""
+    _enter(root)
     if threads:
         import torch  # noqa: F401  (loaded first, so the limit holds from the item's first operation)
 
@@ -262,7 +271,13 @@ def dask_client(params: RunnerParams):
     address = params.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         log.info("connecting to dask scheduler at %s", address)
-        with Client(address) as client:
+        try:
+            client = Client(address, timeout=CONNECT_SECONDS)
+        except OSError as err:
+            raise UserError(f"runner.scheduler_address / DASK_SCHEDULER_ADDRESS: no dask scheduler answers at "
+                            f"{address} within {CONNECT_SECONDS} s ({err})") from None
+        with client:
+            _check_workers_see(client, os.getcwd(), address)
             yield client
         return
     threads = str(params.torch_threads)
@@ -282,6 +297,20 @@ def dask_client(params: RunnerParams):
     ) as cluster, Client(cluster) as client:
         log.info("started a LocalCluster with %d worker processes", params.n_workers)
         yield client
+
+
+CONNECT_SECONDS = 10  # distributed keeps retrying a refused connection until then
+
+
+def _check_workers_see(client, root: str, address: str) -> None:
+    """Refuse a cluster with no workers, or whose workers do not see this repo at the same path."""
+    if not client.scheduler_info()["workers"]:
+        raise UserError(f"the dask scheduler at {address} has no workers: start some with "
+                        f"`dask worker {address}` in this repo's environment")
+    blind = sorted(worker for worker, sees in client.run(os.path.isdir, root).items() if not sees)
+    if blind:
+        raise UserError(f"dask worker(s) {', '.join(blind)} cannot see {root}: every worker must see the repo "
+                        "at the same path (a shared filesystem such as NFS), because stages pass artifact paths")
 
 
 def run_per_image(task: ImageTask, store: ImageStore, params: RunnerParams, *, desc: str = "images") -> RunReport:
@@ -312,8 +341,15 @@ def _token(task: ImageTask) -> str:
     return hashlib.sha256(pickle.dumps(task)).hexdigest()[:16]
 
 
+def _enter(root: str) -> None:
+    """Run in the driver's directory: stages pass artifact paths relative to the repo root."""
+    if os.getcwd() != root:
+        os.chdir(root)
+
+
 def _built(task: ImageTask, torch_threads: int) -> ImageFn:
-    key = _token(task)
+    # keyed by directory too: a long-lived worker may serve two checkouts whose tasks pickle alike
+    key = f"{os.getcwd()}:{_token(task)}"
     if key not in _BUILT:
         _BUILT[key] = task.build()
         _set_torch_threads(torch_threads)  # build() may have loaded torch
@@ -328,12 +364,13 @@ def _set_torch_threads(n: int) -> None:
 
 
 def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: ImageTask,
-                   torch_threads: int) -> tuple[list[tuple[int, str | None]], float]:
-    """Compute and stage a chunk of (row, image id); runs on a worker.
+                   torch_threads: int, root: str) -> tuple[list[tuple[int, str | None]], float]:
+    """Compute and stage a chunk of (row, image id) in the driver's directory `root`; runs on a worker.
 
     Returns ([(row, error message or None), ...], seconds spent).
     """
     start = time.perf_counter()
+    _enter(root)
     _set_torch_threads(torch_threads)
     results = []
     for index, image_id in chunk:
@@ -346,7 +383,20 @@ def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: Image
             continue
         staging.stage(index, image_id, values, digest)
         results.append((index, None))
+        _maybe_kill_worker()
     return results, time.perf_counter() - start
+
+
+_STAGED_HERE = [0]  # images this process has staged (all stages together)
+
+
+def _maybe_kill_worker() -> None:
+    """The worker-side testing hook: SIGKILL this process once it has staged
+    DICLIP_WORKER_KILL_AFTER_IMAGES images."""
+    _STAGED_HERE[0] += 1
+    kill_after = int(os.environ.get(WORKER_KILL_AFTER_ENV, "0") or 0)
+    if kill_after and _STAGED_HERE[0] >= kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Packer:
@@ -361,15 +411,16 @@ class _Packer:
             self.store.pack_block(block)
         else:
             self.futures.append(self.runner.client().submit(
-                pack_block, str(self.store.path), block.start, block.stop, pure=False))
+                pack_block, str(self.store.path), block.start, block.stop, os.getcwd(), pure=False))
 
     def wait(self) -> None:
         for future in self.futures:
             future.result()
 
 
-def pack_block(path: str, start: int, stop: int) -> int:
-    """Pack one block of a store (a worker's half of `_Packer`)."""
+def pack_block(path: str, start: int, stop: int, root: str) -> int:
+    """Pack one block of a store in the driver's directory `root` (a worker's half of `_Packer`)."""
+    _enter(root)
     return ImageStore(path, writable=True).pack_block(range(start, stop))
 
 

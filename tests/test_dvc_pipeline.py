@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "pipeline", "stages", "setup.cfg"]
+CODE = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "pipeline", "stages", "setup.cfg",
+        "docs/cam_ablation.md"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:

@@ -156,9 +156,10 @@ def stage_problems(root: Path) -> list[str]:
         # an artifact folder may be declared by what DVC needs to see inside it (DVCLive's metrics.json and
         # plots folder), so a declared path counts as the artifact it lies in
         within = lambda path, artifact: path == artifact or path.startswith(artifact + "/")  # noqa: E731
-        outs = {next((a.path for a in spec.outputs if within(o, a.path)), o) for o in declared}
-        problems += [f"{name}: outs should be {sorted(a.path for a in spec.outputs)}, not {sorted(outs)}"] \
-            if outs != {a.path for a in spec.outputs} else []
+        tracked = [a for a in spec.outputs if a.tracked]
+        outs = {next((a.path for a in tracked if within(o, a.path)), o) for o in declared}
+        problems += [f"{name}: outs should be {sorted(a.path for a in tracked)}, not {sorted(outs)}"] \
+            if outs != {a.path for a in tracked} else []
         problems += [f"{name}: deps miss the input artifact {a.path}" for a in spec.inputs
                      if not any(within(d.split("#")[0].strip(), a.path) for d in listed)]
         problems += [f"{name}: the command names a path ({w}); paths come from pipeline/artifacts.py"

@@ -136,6 +136,34 @@ def test_an_existing_cluster_is_used_when_its_address_is_given(tmp_path, monkeyp
     assert_planted(store)
 
 
+def test_workers_started_elsewhere_run_in_the_drivers_directory(tmp_path, monkeypatch):
+    """Stages pass artifact paths relative to the repo root; a worker started in another directory must
+    still read and write the driver's files."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            [started_in] = client.run(os.getcwd).values()
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "logs").mkdir()
+        assert Path(started_in) != tmp_path
+        store = make_store(Path("s.zarr"), 6, shard=2)
+        report = run_per_image(PlantedTask(log_dir="logs"), store, RunnerParams(scheduler_address=cluster.scheduler_address))
+    assert report.computed == 6
+    assert sorted(computed_ids(tmp_path / "logs")) == store.ids()
+    assert_planted(ImageStore(tmp_path / "s.zarr"))
+    assert not (Path(started_in) / "s.zarr").exists()
+
+
+def test_an_unreachable_scheduler_is_refused_naming_its_address(tmp_path):
+    from pipeline.errors import UserError
+
+    store = make_store(tmp_path / "s.zarr", 2, shard=2)
+    with pytest.raises(UserError, match=r"no dask scheduler answers at tcp://127\.0\.0\.1:9 "):
+        run_per_image(PlantedTask(log_dir=str(tmp_path)), store, RunnerParams(scheduler_address="tcp://127.0.0.1:9"))
+    assert not ImageStore(tmp_path / "s.zarr").done().any()
+
+
 def _environment() -> dict[str, str]:
     return dict(os.environ)
 
