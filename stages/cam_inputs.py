@@ -66,16 +66,15 @@ def cam_config(cams: Any, clip: Any, **replace: Any):
     """The cams params section (and models.clip) -> `CamConfig`, the CLIP's own mean/std resolved when
     `normalise: model` (no weights loaded); `replace` overrides fields (e.g. the cache masks' box threshold)."""
     from pipeline.cam.pseudo_labels import CamConfig
-    from pipeline.models.clip import clip_normalisation
 
     names = [k for k in CamConfig.__dataclass_fields__ if k not in replace and k not in ("mean_255", "std_255")]
     fields = {k: getattr(cams, k) for k in names}
     fields["ignore_band"] = None if fields["ignore_band"] is None else tuple(fields["ignore_band"])
     fields["scales"] = tuple(fields["scales"])
-    if cams.normalise == "model":  # the CLIP's own mean/std instead of ImageNet's (DiCLIP, ExCEL)
-        mean, std = clip_normalisation(clip.model, clip.pretrained)
-        fields.update(mean_255=tuple(255 * m for m in mean), std_255=tuple(255 * s for s in std))
-    return CamConfig(**fields, **replace)
+    from stages.clip_input import input_normalisation
+
+    mean_255, std_255 = input_normalisation(cams.normalise, clip)
+    return CamConfig(**fields, mean_255=mean_255, std_255=std_255, **replace)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What the stages around the segmenter share (train, evaluate, report): the saved segmenter (a folder
 with `model.safetensors`, the decoder's weights, and `config.json`, everything needed to rebuild it on
-its frozen CLIP) and the CLIP input normalisation of uint8 images."""
+its frozen CLIP) and the normalisation of uint8 images into the CLIP input."""
 
 from __future__ import annotations
 
@@ -18,17 +18,6 @@ def normalise(image: np.ndarray, mean_255, std_255):
 
     x = (np.asarray(image, dtype=np.float32) - np.asarray(mean_255, np.float32)) / np.asarray(std_255, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-def input_normalisation(normalise: str, clip) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on the 0-255 scale of the CLIP input, as `cams.normalise` says (the CAM path's own)."""
-    from pipeline.cam.images import IMAGENET_MEAN_255, IMAGENET_STD_255
-    from pipeline.models.clip import clip_normalisation
-
-    if normalise != "model":
-        return IMAGENET_MEAN_255, IMAGENET_STD_255
-    mean, std = clip_normalisation(clip.model, clip.pretrained)
-    return tuple(255 * m for m in mean), tuple(255 * s for s in std)
 
 
 def save_segmenter(folder: Path, decoder, config: dict[str, Any]) -> None:

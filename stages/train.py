@@ -88,7 +88,8 @@ def body(ctx: StageContext) -> dict:
     from pipeline.segment.training import SegmenterTrainer, TrainConfig, patch_size, predict
     from pipeline.store.checkpoints import CheckpointStore
     from pipeline.store.image_store import FileSpec
-    from stages.segmenter_io import input_normalisation, normalise, save_segmenter
+    from stages.clip_input import input_normalisation
+    from stages.segmenter_io import normalise, save_segmenter
 
     labels = FileSpec("label", str(folder))
     C = len(index.class_names)
@@ -157,6 +158,7 @@ def body(ctx: StageContext) -> dict:
                 bar.set_postfix(loss=f"{out['loss']:.3f}")
             if writer and (step % cfg.checkpoint_every == 0 or interrupt.raised):
                 store.save(step, {"trainer": trainer.state_dict(), "history": history})
+                write_live(ctx.path(artifacts.TRAIN_LIVE), history)  # curves to watch (`dvc plots show`) while it runs
             if interrupt.raised:
                 raise UserError(f"train: interrupted by signal {interrupt.raised} at step {step}; checkpoint kept, "
                                 "rerun to resume")
