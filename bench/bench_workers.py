@@ -29,6 +29,7 @@ DEMO = ROOT / "artifacts"
 def subset_world(dest: Path, train: int, val: int) -> Path:
     """The first `train` / `val` scenes of the demo world, as a folder dataset (images linked, not copied)."""
     source = DEMO / "shapes"
+    dest.mkdir(parents=True)
     for name in ("JPEGImages", "SegmentationClass"):
         (dest / name).symlink_to(source / name)
     for name in ("class_names.txt", "shapes_world.json"):
