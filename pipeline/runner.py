@@ -13,7 +13,9 @@ Cluster: `runner.scheduler_address` (or $DASK_SCHEDULER_ADDRESS) joins an existi
 workers see the same filesystem path; otherwise a LocalCluster of worker processes is started, one
 torch thread each. Every task runs in the driver's working directory (the repo root), so the relative
 artifact paths that stages store and pass around mean the same files on every worker, wherever the
-worker was started. `runner.in_process` runs everything here, without dask.
+worker was started. `runner.in_process` runs everything here, without dask. `Runner.start` brings
+the cluster up in the background while the stage's driver still prepares, and has each worker import
+the stage's heavy modules meanwhile.
 
 Testing hooks, each a deterministic `kill -9` at a known point: with DICLIP_KILL_AFTER_IMAGES=N in the
 driver's environment the driver kills its own process group once N images are staged; with
@@ -33,6 +35,7 @@ import signal
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,13 +100,49 @@ class Runner:
         self.params = params
         self._stack = ExitStack()
         self._client = None
+        self._starting: Future | None = None
+        self._warm: list = []
 
     def __enter__(self) -> "Runner":
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._starting is not None:
+            wait([self._starting])  # a cluster still starting is shut down with the rest
+            self._starting = None
+        self._warm = []
         self._stack.close()
         self._client = None
+
+    def start(self, imports: Sequence[str] = ()) -> None:
+        """Start the cluster now, in the background, and have every worker import `imports` (the heavy
+        modules the stage's tasks load: torch, a model library) while the driver still prepares.
+
+        A stage's fixed cost (the driver's imports, the cluster's start, each worker's imports) is
+        then paid side by side instead of one after the other. Nothing happens in process or once the
+        client exists; a failure to start is raised by the first `client()`.
+        """
+        if self.params.in_process or self._client is not None or self._starting is not None:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="diclip-cluster-start")
+        self._starting = pool.submit(self._connect, tuple(imports))
+        pool.shutdown(wait=False)  # its thread ends with the start
+
+    def _connect(self, imports: tuple[str, ...]):
+        client = self._stack.enter_context(dask_client(self.params))
+        if imports:
+            # one task per worker, pinned to it; held until the stage ends so dask does not drop them
+            self._warm = [client.submit(import_modules, imports, workers=[address], allow_other_workers=False,
+                                        pure=False, key=f"import-{i}-{_token(imports)}")
+                          for i, address in enumerate(client.scheduler_info()["workers"])]
+        return client
+
+    def warmed(self) -> None:
+        """Wait until every worker has imported what `start` named (for tests and benchmarks)."""
+        from dask.distributed import wait as wait_all
+
+        self.client()
+        wait_all(self._warm)
 
     # ------------------------------------------------------------------ per-image stores
     def run(self, task: ImageTask, store: ImageStore, *, desc: str = "images") -> RunReport:
@@ -123,8 +162,6 @@ class Runner:
         log.info("%s: %d images to compute, %d reused", store.path, len(pending), reused)
         block_of = {i: b for b in store.blocks() for i in b}
         failures: dict[str, str] = {}
-        kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-        n = 0
         with tqdm(total=len(pending), desc=desc, unit="img", disable=not pending, dynamic_ncols=True) as bar:
             for results in self._execute(task, store.staging(), ids, pending):
                 for index, error in results:
@@ -134,10 +171,8 @@ class Runner:
                     remaining[block.start] -= 1
                     if remaining[block.start] == 0:
                         packer.pack(block)
-                n += len(results)
                 bar.update(len(results))
-                if kill_after and n >= kill_after:
-                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                _DRIVER_KILL.count(len(results))
         packer.wait()
         report = RunReport(computed=len(pending) - len(failures), reused=reused, failures=failures,
                            seconds=time.perf_counter() - start)
@@ -214,7 +249,7 @@ class Runner:
                     result = _with_threads(fn, item, threads, os.getcwd())
                     bar.update(weights[i])
                     yield i, result
-                    _maybe_kill(weights[i])  # the caller has kept the result by now
+                    _DRIVER_KILL.count(weights[i])  # the caller has kept the result by now
                 return
             from dask.distributed import as_completed
 
@@ -226,13 +261,31 @@ class Runner:
                 result = future.result()
                 bar.update(weights[i])
                 yield i, result
-                _maybe_kill(weights[i])
+                _DRIVER_KILL.count(weights[i])
 
     def client(self):
         """The dask Client: the configured scheduler, or a LocalCluster of processes started here."""
         if self._client is None:
-            self._client = self._stack.enter_context(dask_client(self.params))
+            if self._starting is not None:
+                starting, self._starting = self._starting, None
+                self._client = starting.result()  # raises what starting raised
+            else:
+                self._client = self._connect(())
         return self._client
+
+
+def import_modules(names: Sequence[str]) -> list[str]:
+    """Import `names` here (a worker warming up); returns those that failed, which the stage's own
+    task will then report with its real error."""
+    import importlib
+
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001  (the task that needs the module raises the real error)
+            failed.append(name)
+    return failed
 
 
 def _with_threads(fn: Callable[[T], R], item: T, threads: int, root: str) -> R:
@@ -246,16 +299,23 @@ def _with_threads(fn: Callable[[T], R], item: T, threads: int, root: str) -> R:
     return fn(item)
 
 
-_HANDED = [0]  # images `imap` has handed over in this process (all calls together)
+class _KillHook:
+    """A testing hook (see the module docstring): `kill()` once the images counted in this process, all
+    runs together, reach the number in the environment variable `env`."""
+
+    def __init__(self, env: str, kill: Callable[[], None]) -> None:
+        self.env, self.kill, self.images = env, kill, 0
+
+    def count(self, images: int) -> None:
+        self.images += images
+        limit = int(os.environ.get(self.env, "0") or 0)
+        if limit and self.images >= limit:
+            self.kill()
 
 
-def _maybe_kill(images: int) -> None:
-    """The testing hook of `imap`: SIGKILL the process group once the images handed over in this process
-    reach DICLIP_KILL_AFTER_IMAGES."""
-    _HANDED[0] += images
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
-    if kill_after and _HANDED[0] >= kill_after:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+# the driver's kills its process group (itself and a LocalCluster's workers); a worker's only itself
+_DRIVER_KILL = _KillHook(KILL_AFTER_ENV, lambda: os.killpg(os.getpgrp(), signal.SIGKILL))
+_WORKER_KILL = _KillHook(WORKER_KILL_AFTER_ENV, lambda: os.kill(os.getpid(), signal.SIGKILL))
 
 
 @contextmanager
@@ -276,9 +336,11 @@ def dask_client(params: RunnerParams):
         except OSError as err:
             raise UserError(f"runner.scheduler_address / DASK_SCHEDULER_ADDRESS: no dask scheduler answers at "
                             f"{address} within {CONNECT_SECONDS} s ({err})") from None
-        with client:
+        try:  # not `with client`: that ties the client to the thread's context, and Runner.start may enter here in another thread
             _check_workers_see(client, os.getcwd(), address)
             yield client
+        finally:
+            client.close()
         return
     threads = str(params.torch_threads)
     # Set before each worker process starts. Replaces distributed's default, which also sets
@@ -294,9 +356,13 @@ def dask_client(params: RunnerParams):
         # no dashboard; the scheduler's health endpoint takes any free loopback port, so a second
         # cluster on the machine is not greeted with "Port 8787 is already in use"
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.INFO if verbose else logging.WARNING,
-    ) as cluster, Client(cluster) as client:
+    ) as cluster:
+        client = Client(cluster)
         log.info("started a LocalCluster with %d worker processes", params.n_workers)
-        yield client
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 CONNECT_SECONDS = 10  # distributed keeps retrying a refused connection until then
@@ -383,20 +449,8 @@ def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: Image
             continue
         staging.stage(index, image_id, values, digest)
         results.append((index, None))
-        _maybe_kill_worker()
+        _WORKER_KILL.count(1)
     return results, time.perf_counter() - start
-
-
-_STAGED_HERE = [0]  # images this process has staged (all stages together)
-
-
-def _maybe_kill_worker() -> None:
-    """The worker-side testing hook: SIGKILL this process once it has staged
-    DICLIP_WORKER_KILL_AFTER_IMAGES images."""
-    _STAGED_HERE[0] += 1
-    kill_after = int(os.environ.get(WORKER_KILL_AFTER_ENV, "0") or 0)
-    if kill_after and _STAGED_HERE[0] >= kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Packer:

@@ -29,13 +29,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage's declaration; `module` is the stage module (its imports make the code digest)."""
+    """One stage's declaration; `module` is the stage module (its imports make the code digest).
+
+    `worker_imports`: the modules a stage's tasks load on the runner's workers (a model library, say),
+    imported there while the driver still prepares once the stage calls `StageContext.start_workers`."""
 
     name: str
     module: str
     params: tuple[str, ...]
     inputs: tuple[Artifact, ...] = ()
     outputs: tuple[Artifact, ...] = ()
+    worker_imports: tuple[str, ...] | None = None
 
     @property
     def module_file(self) -> str:
@@ -150,6 +154,12 @@ class StageContext:
 
             self._runner = Runner(self.runner_params).__enter__()
         return self._runner
+
+    def start_workers(self) -> None:
+        """Bring the runner's cluster up in the background now and have its workers import the spec's
+        `worker_imports`, so that cost overlaps the driver's own preparation. A stage calls this once its
+        inputs have opened (a missing or wrong input is then reported at once, with no cluster to stop)."""
+        self.runner.start(self.spec.worker_imports or ())
 
     def images(self, task: Any, out: Path, *, ids: Sequence[str], specs: Sequence[Any], key: str,
                attrs: Mapping[str, Any], shard_images: int, desc: str, allow_failures: bool = False,

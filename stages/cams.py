@@ -31,6 +31,7 @@ SPEC = StageSpec(
     name="cams", module=__name__,
     params=("cams", "models.clip", "models.device", "models.precision"),
     inputs=(artifacts.INDEX, artifacts.DIFFUSION, artifacts.TSA_CACHE), outputs=(artifacts.CAMS, artifacts.PSEUDO_LABELS),
+    worker_imports=("pipeline.models", "pipeline.cam.pseudo_labels", "pipeline.store.diffusion_maps"),
 )
 EVAL_ONLY = ("cams.eval_thresholds",)
 
@@ -113,24 +114,27 @@ def load_adapter(path: str):
 
 def body(ctx: StageContext) -> dict:
     """CAMs and pseudo-labels for the train and eval splits."""
-    from pipeline.cam.pseudo_labels import LabelRule
-    from pipeline.models.clip import clip_patch_size
     from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.h5_store import H5Reader
     from pipeline.store.image_store import ArraySpec, FileSpec
-    from stages.cam_inputs import ClipCams
 
     cfg, models = ctx.params.cams, ctx.params.models
     index = ctx.index()
     maps = DiffusionMaps.open(ctx.path(artifacts.DIFFUSION), index_fingerprint=index.fingerprint)
-    splits = tuple(dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]]))
-    ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
-    cams = ClipCams.from_params(ctx.params, index.class_names)
     cache, cache_id = None, None
     if cfg.cache_weight:
         cache = str(ctx.path(artifacts.TSA_CACHE))
         with H5Reader(cache) as reader:  # a clear message when the cache stage has not run
             cache_id = reader.attrs.get("fingerprint") or reader.attrs["key"]
+    ctx.start_workers()  # inputs are good: the workers load torch and CLIP while this process does too
+
+    from pipeline.cam.pseudo_labels import LabelRule
+    from pipeline.models.clip import clip_patch_size
+    from stages.cam_inputs import ClipCams
+
+    splits = tuple(dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]]))
+    ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
+    cams = ClipCams.from_params(ctx.params, index.class_names)
     side = maps.transition_grid if (cfg.rar and maps.transition_grid) else cfg.clip_size // clip_patch_size(models.clip.model)
     inputs = {"index": index.fingerprint, "diffusion": maps.store.fingerprint, "texts": cams.words_digest}
     if cache_id:

@@ -35,6 +35,7 @@ SPEC = StageSpec(
     name="diffusion_attention", module=__name__,
     params=("diffusion_attention", "models.sd", "models.device", "models.precision"),
     inputs=(artifacts.INDEX,), outputs=(artifacts.DIFFUSION, artifacts.DIFFUSION_METRIC),
+    worker_imports=("pipeline.models", "pipeline.diffusion.recipes", "pipeline.store.dataset_index"),
 )
 # params that only shape the metric: changing them never recomputes the store
 EVAL_ONLY = tuple(f"diffusion_attention.{k}" for k in ("eval_split", "eval_images", "eval_baselines", "compare_recipes"))
@@ -143,6 +144,7 @@ def body(ctx: StageContext) -> dict:
         raise ParamsError(f"diffusion_attention.eval_split {eval_split!r} is not among the computed splits "
                           f"{list(splits)} (add it to diffusion_attention.splits, or set eval_images: 0)")
     p = plan(cfg, sd.sd.model)
+    ctx.start_workers()  # params and inputs are good: the workers load the model stack while we go on
     ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
     weights = weights_fingerprint(sd.sd.model)
     extra = {"timestep": p.forward.timestep, "image_size": p.forward.image_size, "weights": weights, "splits": list(splits)}

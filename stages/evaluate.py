@@ -29,6 +29,7 @@ SPEC = StageSpec(
     name="evaluate", module=__name__, params=("evaluate", "models.device", "models.precision"),
     inputs=(artifacts.INDEX, artifacts.SEGMENTER, artifacts.PSEUDO_LABELS),
     outputs=(artifacts.EVALUATION, artifacts.PREDICTIONS, artifacts.SEG_METRIC),
+    worker_imports=("stages.segmenter_io", "pipeline.segment.scores"),
 )
 NOT_IN_KEY = ("evaluate.shard_images",)
 
@@ -81,6 +82,7 @@ def body(ctx: StageContext) -> dict:
     split = index.meta["eval_split"]
     segmenter = SavedSegmenter(str(ctx.path(artifacts.SEGMENTER)), models.device, models.precision)
     saved = segmenter.config  # a missing or broken segmenter is refused here, before torch is imported
+    ctx.start_workers()
 
     from pipeline.segment.scores import scores
     from pipeline.store.image_store import ArraySpec, FileSpec

@@ -16,7 +16,8 @@ from stages.common import artifact_options
 
 log = logging.getLogger(__name__)
 
-SPEC = StageSpec(name="prepare", module=__name__, params=("dataset", "prepare"), outputs=(artifacts.INDEX,))
+SPEC = StageSpec(name="prepare", module=__name__, params=("dataset", "prepare"), outputs=(artifacts.INDEX,),
+                 worker_imports=("pipeline.data.decode",))
 
 
 def record_specs(num_classes: int):
@@ -64,6 +65,7 @@ def body(ctx: StageContext) -> dict[str, int]:
     splits = list(dict.fromkeys([ds.train_split, ds.eval_split]))
     # Open every split first: a missing split list or folder fails before any work starts.
     datasets = {s: open_dataset(ds.kind, ds.root, s, class_names_file=ds.class_names_file) for s in splits}
+    ctx.start_workers()
     class_names = next(iter(datasets.values())).class_names
     stamp = ctx.stamp()
     dataset_index.begin(out)

@@ -32,6 +32,7 @@ SPEC = StageSpec(
     params=("tsa_adapt", "cams", "models.clip", "models.device", "models.precision"),
     inputs=(artifacts.INDEX, artifacts.DIFFUSION, artifacts.TSA_CACHE, artifacts.CAMS, artifacts.PSEUDO_LABELS),
     outputs=(artifacts.TSA_ADAPTER, artifacts.CAMS_ROUND2, artifacts.PSEUDO_LABELS_ROUND2, artifacts.TSA_ADAPT_METRIC),
+    worker_imports=("pipeline.models", "pipeline.cam.pseudo_labels", "pipeline.store.diffusion_maps", "pipeline.tsa.adapter"),
 )
 
 
@@ -80,21 +81,24 @@ def _tools(task: FeatureTask):
 
 def body(ctx: StageContext) -> dict:
     """Train the adapter on round-1 labels, then make round-2 CAMs and labels and score them."""
+    from pipeline.store.h5_store import H5Reader
+    from pipeline.store.image_store import ArraySpec, FileSpec, ImageStore
+
+    cfg = ctx.params.tsa_adapt
+    index = ctx.index()
+    round1 = ImageStore.open(ctx.path(artifacts.CAMS), stage="cams")
+    ctx.start_workers()  # inputs are good: the workers load torch and CLIP while this process does too
+
     import numpy as np
     import torch
     from safetensors.torch import save_file
 
     from pipeline import atomic
-    from pipeline.store.h5_store import H5Reader
-    from pipeline.store.image_store import ArraySpec, FileSpec, ImageStore
     from pipeline.tsa.adapter import KVAdapter, train_adapter
     from stages.cam_inputs import ClipCams
     from stages.cams import CamTask
     from stages.eval_cams import score
 
-    cfg = ctx.params.tsa_adapt
-    index = ctx.index()
-    round1 = ImageStore.open(ctx.path(artifacts.CAMS), stage="cams")
     cams = ClipCams.from_params(ctx.params, index.class_names)
     train = index.ids(index.meta["train_split"])
     chunks = [tuple(train[i:i + 100]) for i in range(0, len(train), 100)]

@@ -47,6 +47,7 @@ SPEC = StageSpec(
             "models.precision"),
     inputs=(artifacts.INDEX, artifacts.DIFFUSION),
     outputs=(artifacts.TSA_CACHE, artifacts.TSA_PICTURE, artifacts.TSA_METRIC),
+    worker_imports=("pipeline.models", "pipeline.tsa.generate", "pipeline.tsa.masks", "pipeline.cam.pseudo_labels"),
 )
 #: params that change neither an image nor its mask: records are reused across them (raising N draws only new images)
 NOT_PER_RECORD = tuple(f"tsa_cache.{k}" for k in ("images_per_class", "keys_per_class", "background_keys", "eval_images"))
@@ -119,6 +120,7 @@ def body(ctx: StageContext) -> dict:
                       for n in read_names(cfg.prompt_names_file, "tsa_cache.prompt_names_file", names))
     cams = ClipCams.from_params(ctx.params, names, box_threshold=cfg.box_threshold)
     p = plan(ctx.params.diffusion_attention, models.sd.model)
+    ctx.start_workers()
     words = {"words": cams.words_digest, "prompts": list(prompt_of)}
     record_key = ctx.stamp(exclude=NOT_PER_RECORD, inputs=words)["fingerprint"]
     out = ctx.path(artifacts.TSA_CACHE)

@@ -22,6 +22,7 @@ from stages import cams as stage
 from stages import eval_cams
 from tests.kill_run import run_killed_after
 
+ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL = 8, 6
 CAMS = {"clip_size": 64, "normalise": "model", "template": "a photo of a {}.", "prompt_names_file": None,
         "background_words_file": "pipeline/data/words/shapes_background.txt", "shard_images": 4, "cache_weight": 0.0}
@@ -224,6 +225,26 @@ def test_a_prompt_names_file_of_the_wrong_length_is_refused(world, tmp_path):
     with pytest.raises(ParamsError, match=r"cams.prompt_names_file .*names.txt: 2 names for the dataset's 7 classes"):
         run(world, tmp_path / "out", prompt_names_file=str(names))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_wrong_input_is_refused_before_a_cluster_starts_or_torch_loads(world, tmp_path):
+    """The stage starts its workers only once its inputs have opened: a wrong store is one quick message."""
+    import subprocess
+
+    code = (
+        "import sys\nfrom pipeline.errors import UserError\nfrom pipeline.params import parse_params\n"
+        "from pipeline.skeleton import run_stage\nfrom stages import cams as stage\n"
+        f"params = parse_params({{'cams': {CAMS!r}, 'models': {{'device': 'cpu'}}, 'runner': {{'n_workers': 1}}}})\n"
+        f"paths = {{'index': {str(world['index'])!r}, 'diffusion': {str(world['index'])!r}, "
+        f"'cams': {str(tmp_path / 'c.zarr')!r}, 'pseudo_labels': {str(tmp_path / 'pl')!r}}}\n"
+        "try:\n    run_stage(stage.SPEC, stage.body, params=params, paths=paths)\n"
+        "except UserError as err:\n    print('REFUSED', err)\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'open_clip', 'distributed') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert f"REFUSED {world['index']}: no store here" in proc.stdout, proc.stdout + proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert not (tmp_path / "c.zarr").exists()
 
 
 if __name__ == "__main__":

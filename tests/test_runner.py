@@ -174,3 +174,36 @@ def test_local_cluster_workers_get_thread_limits_and_keep_glibc_adaptive_malloc(
         [env] = runner.client().run(_environment).values()
     assert "MALLOC_TRIM_THRESHOLD_" not in env
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def _imported(names: tuple[str, ...]) -> list[str]:
+    import sys
+
+    return [n for n in names if n in sys.modules]
+
+
+def test_a_started_cluster_has_each_worker_import_the_stages_modules_before_any_task(tmp_path):
+    """`start` overlaps the workers' imports with the driver's own work: when it is done every worker has
+    the named modules (and only those, of the probes), and the tasks then run on that same cluster."""
+    named, other = ("tests.warm_probe", "json"), ("tests.warm_probe_unnamed",)
+    with Runner(RunnerParams(n_workers=2)) as runner:
+        runner.start(named)
+        runner.warmed()
+        client = runner.client()
+        seen = client.run(_imported, (*named, *other))
+        store = make_store(tmp_path / "s.zarr", 4, shard=2)
+        report = runner.run(PlantedTask(log_dir=str(tmp_path)), store)
+        assert runner.client() is client
+    assert list(seen.values()) == [list(named)] * 2
+    assert not _imported(("tests.warm_probe",)), "the driver imported what only the workers need"
+    assert report.computed == 4
+    assert_planted(store)
+
+
+def test_a_cluster_that_fails_to_start_in_the_background_is_reported_on_first_use(tmp_path):
+    from pipeline.errors import UserError
+
+    with Runner(RunnerParams(scheduler_address="tcp://127.0.0.1:9")) as runner:
+        runner.start(("tests.warm_probe",))  # returns at once; the refusal comes when the cluster is needed
+        with pytest.raises(UserError, match=r"no dask scheduler answers at tcp://127\.0\.0\.1:9 "):
+            runner.client()

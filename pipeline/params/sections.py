@@ -14,6 +14,10 @@ from pipeline.data.shapes_config import ShapesConfig
 
 DatasetKind = Literal["folder", "voc", "coco"]
 
+#: images per zarr shard of a per-image store: one file per array per shard, so a DVC remote gets few
+#: objects (README, "Artifact sizes"); a shard is packed in memory at once
+SHARD_IMAGES = 4096
+
 
 @dataclass(frozen=True)
 class DatasetParams:
@@ -77,7 +81,7 @@ class PrepareParams:
     """Dataset validation and indexing (read by `prepare`)."""
 
     on_error: Literal["fail", "skip"] = "fail"  # bad images: fail the stage, or leave them out of the index (listed in rejected.json)
-    shard_images: int = 4096  # images per zarr shard: one file per array per shard, so DVC pushes few objects (README, artifact sizes); a shard is packed in memory at once
+    shard_images: int = SHARD_IMAGES
 
     def __post_init__(self) -> None:
         if self.shard_images < 1:
@@ -217,7 +221,7 @@ class DiffusionAttentionParams:
     acr: AcrRecipeParams = field(default_factory=AcrRecipeParams)
     transition: TransitionParams = field(default_factory=TransitionParams)
     # --- storage and evaluation
-    shard_images: int = 4096  # images per zarr shard: one file per array per shard, so DVC pushes few objects (README, artifact sizes); a shard is packed in memory at once
+    shard_images: int = SHARD_IMAGES
     splits: tuple[str, ...] = ()  # splits to compute; empty: the index's train and eval splits
     eval_split: str | None = None  # split of the metric (best-match IoU with masks); null: the index's eval split (parameters were chosen on train)
     eval_images: int = 200  # images of eval_split scored (the first ones in split order); 0: no metric
@@ -292,7 +296,7 @@ class CamsParams:
     flip: bool = False  # also run the mirrored image at every scale (in the same batch) and keep the max
     cache_weight: float = 0.5  # TSA cache CAM fused as minmax(cache_weight * cache + text) (DiCLIP 0.5); 0: no cache
     batch_images: int = 1  # images per CLIP forward (groups fixed by position, so results never depend on workers); more pays on a GPU
-    shard_images: int = 4096  # images per zarr shard: one file per array per shard, so DVC pushes few objects (README, artifact sizes); a shard is packed in memory at once
+    shard_images: int = SHARD_IMAGES
     eval_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # eval_cams: background scores swept on the eval split
 
     def __post_init__(self) -> None:
@@ -456,7 +460,7 @@ class EvaluateParams:
     crf_bi_xy: float = 67.0
     crf_bi_rgb: float = 3.0
     crf_bi_weight: float = 4.0
-    shard_images: int = 4096  # images per zarr shard: one file per array per shard, so DVC pushes few objects (README, artifact sizes); a shard is packed in memory at once
+    shard_images: int = SHARD_IMAGES
 
     def __post_init__(self) -> None:
         if self.size < 1:
