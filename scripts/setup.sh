@@ -20,7 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   echo "setup: installing diclip and its pinned dependencies into .venv (torch==2.14.1, a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet --no-cache-dir -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, open_clip, diffusers, zarr, dask.distributed, h5py, sklearn, dvc" \
     || { echo "setup: the environment did not install cleanly" >&2; exit 1; }
   echo "$want" > "$stamp"
