@@ -3,6 +3,6 @@
 # `bash scripts/test.sh -m slow` runs the slow tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
 source .venv/bin/activate
 exec python -m pytest "$@"
