@@ -36,8 +36,10 @@ def main() -> None:
     import open_clip
     import torch
 
+    from pipeline.cam.config import CamConfig
     from pipeline.cam.images import normalise_then_resize
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.pseudo_labels import ImageCams
+    from pipeline.models.clip import input_normalisation
     from pipeline.cam.surgery import surgery_forward
     from pipeline.cam.text import encode_prompts
 
@@ -70,13 +72,14 @@ def main() -> None:
 
     configs = (("1 scale, 320 px", (1.0,), False, {}, 1), ("1 scale + PAR at full size", (1.0,), False, {"par": True}, 1),
                ("1 scale, batches of 4 images", (1.0,), False, {}, 4), ("4 scales + flip", (1.0, 0.5, 1.5, 2.0), True, {}, 1))
+    mean, std = input_normalisation("imagenet", "ViT-B-16-quickgelu", None)
     for name, scales, flip, extra, batch in configs:
         cfg = CamConfig(clip_size=320, scales=scales, flip=flip, **extra)
-        fn = ImageCams(model.visual, text, 20, cfg)
+        fn = ImageCams(model.visual, text, 20, cfg, (mean, std))
         cam_s = timed(lambda: fn.batch([image] * batch, [present] * batch, [r] * batch, [p] * batch)) / batch
         inputs = []
         for s in scales:
-            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16)).repeat(batch, 1, 1, 1)
+            x = normalise_then_resize(image, max(16, int(round(320 * s / 16)) * 16), mean=mean, std=std).repeat(batch, 1, 1, 1)
             inputs.append(torch.cat([x, x.flip(-1)]) if flip else x)
 
         def bare():  # the plain forward at each size (position embeddings resized, no surgery)

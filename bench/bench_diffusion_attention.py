@@ -78,21 +78,18 @@ class Setup:
         import torch
         from diffusers import UNet2DConditionModel
 
-        from pipeline.diffusion.acr import ACRConfig
+        from dataclasses import replace
+
         from pipeline.diffusion.capture import vae_factor_from_config
-        from pipeline.diffusion.recipes import DiclipConfig, TransitionConfig, max_clusters
+        from pipeline.diffusion.recipes import max_clusters
         from pipeline.params import parse_params
         from pipeline.params.presets import load_preset
 
         cfg = parse_params(load_preset("voc")).diffusion_attention  # DiCLIP on SD 2.1-base
         self.recipe, self.grid = recipe, cfg.grid
-        self.diclip = DiclipConfig(cfg.diclip.layer, tuple(cfg.diclip.heads), cfg.diclip.threshold,
-                                   cfg.diclip.anchor_stride, cfg.diclip.rounds)
-        self.transition = TransitionConfig(cfg.transition.layer, tuple(cfg.transition.heads), cfg.transition.sharpen,
-                                           cfg.transition.topk)
-        self.acr_config = ACRConfig.from_fields(cfg.acr)
+        self.diclip, self.transition, self.acr_config = cfg.diclip, cfg.transition, cfg.acr
         self.block_bytes = cfg.acr.block_mb << 20
-        self.max_k = max_clusters(recipe, self.diclip, self.acr_config, self.grid)
+        self.max_k = max_clusters(replace(cfg, recipe=recipe))
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # build directly in the target dtype: no fp32 copy of the weights
@@ -130,6 +127,7 @@ def _maps(s: Setup):
     from pipeline.diffusion.kl_assign import kl_assign
     from pipeline.diffusion.selected import LayerTap, capture_layers
     from pipeline.diffusion.transition import head_probabilities, sharpen_transition, top_k_rows
+    from pipeline.grids import square_side
 
     g, tr = s.grid, s.transition
     tap = LayerTap(tr.layer, tr.heads)
@@ -138,7 +136,7 @@ def _maps(s: Setup):
             corr = LayerTap(s.diclip.layer, s.diclip.heads)
             captured = capture_layers(s.unet, s.latents, s.text, TIMESTEP, [corr, tap])
             c = captured[corr.path]
-            side = math.isqrt(c.tokens)
+            side = square_side(c.tokens, "attention tokens")
             a = layer_correlation(c.query[0], c.key[0], (side, side), g, s.diclip.threshold)
             ids, k = kl_assign(a, g, anchor_stride=s.diclip.anchor_stride, rounds=s.diclip.rounds)
         else:

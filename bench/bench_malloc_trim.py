@@ -10,7 +10,7 @@ LocalCluster no longer sets it (pipeline/runner.py, dask_client); this bench sho
 
 Workload (each run a fresh process, torch/OMP/MKL threads 1): the shipped tiny SD
 (pipeline/models/weights/diclip-tiny-sd, fp32, CPU) and the stage's per-image function
-(stages.diffusion_attention.plan(...).maps(pipe, recipe=...), params from params.yaml's
+(pipeline.diffusion.plan.plan(...).maps(pipe, recipe=...), params from params.yaml's
 diffusion_attention section) on --images synthetic 64x64 uint8 images (seeded numpy), after one
 warm-up image. --recipe diclip runs at params.yaml's image_size, acr at 256 (latent 64: the
 aggregation allocates large attention blocks; where the effect was measured); --image-size overrides.
@@ -62,10 +62,10 @@ def worker(recipe: str, image_size: int | None, images: int, seed: int) -> dict:
 
     from pipeline.models import load_stable_diffusion
     from pipeline.params import load_params
-    from stages.diffusion_attention import plan
+    from pipeline.diffusion.plan import plan
 
     torch.set_num_threads(1)
-    cfg = load_params(ROOT / "params.yaml").diffusion_attention
+    cfg = load_params(ROOT / "params.yaml", sections=("diffusion_attention",)).diffusion_attention
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)
     p = plan(cfg, MODEL)
@@ -77,8 +77,8 @@ def worker(recipe: str, image_size: int | None, images: int, seed: int) -> dict:
     for i, image in enumerate(batch[1:]):
         maps(image, f"img{i}")
     loop = {"wall_s": time.perf_counter() - start, **_delta(_usage(resource.RUSAGE_SELF), before)}
-    used = {"image_size": p.forward.image_size, "timestep": p.forward.timestep, "grid": p.grid,
-            "diclip_layer": p.diclip.layer, "transition_layer": p.transition.layer if p.transition else None}
+    used = {"image_size": p.config.image_size, "timestep": p.config.timestep, "grid": p.grid,
+            "diclip_layer": p.config.diclip.layer, "transition_layer": p.config.transition.layer if p.transition_k else None}
     return {"recipe": recipe, **used, "images": images,
             "trim_env": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "loop": loop}
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline.data.shapes import generate_dataset
-from pipeline.data.shapes_config import ShapesConfig
+from pipeline.data.config import ShapesConfig
 from pipeline.params import RunnerParams
 from pipeline.runner import Runner
 

@@ -47,6 +47,11 @@ def write_with(path: str | Path, writer: Callable[[Path], Any]) -> Path:
             remove(old)
         else:
             os.replace(tmp, path)
+    except OSError as err:
+        remove(tmp)
+        if err.filename is None or str(err.filename).startswith(str(tmp)):  # name the artifact, not its temporary
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         remove(tmp)
         raise

@@ -1,11 +1,17 @@
 """The in-repo import graph, read from the source with `ast` (nothing is imported or run).
 
-One reading of the code serves three needs that used to be three hand-kept lists: the code digest a
-stage stamps on its artifacts (`provenance.code_digest`), the `deps` each `dvc.yaml` stage must list
-(checked by a test), and the layering rules between packages (checked by a test). Imports inside
-functions count like top-level ones: lazy imports are still code the stage runs.
+One reading of the code serves three needs that used to be three hand-kept lists: the code a stage's
+key names (`provenance.code_digest`), the code `deps` of each `dvc.yaml` stage (pipeline.dvcfile), and
+the layering rules between packages (checked by a test). Imports inside functions count like
+top-level ones: lazy imports are still code the stage runs.
 
-`python -m pipeline.codegraph stages/prepare.py` prints the files a module depends on.
+A stage's code is its *algorithm closure*: its own module and every algorithm module it reaches.
+Plumbing (the runner, skeleton, stores, CLI helpers, provenance, errors, paths) is walked through but
+left out: it moves files and schedules work, and where a store does decide stored bytes its layout
+version (pipeline.store.layouts) says so. The params schema (pipeline.params and each package's
+`config.py` of declarations) is neither walked nor kept: the resolved values it yields are in the key.
+
+`python -m pipeline.codegraph stages/prepare.py` prints a stage's algorithm closure.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "stages")  # the top-level packages that belong to this repo
+#: modules that move bytes or schedule work without deciding results: walked through, never in a key
+PLUMBING = ("pipeline", "pipeline.runner", "pipeline.skeleton", "pipeline.store", "pipeline.provenance",
+            "pipeline.codegraph", "pipeline.atomic", "pipeline.errors", "pipeline.artifacts", "pipeline.command",
+            "pipeline.dvcfile", "stages", "stages.cli")
+#: the params schema: declarations whose resolved values enter a key as params, not as code
+SCHEMA = ("pipeline.params",)
 
 
 @dataclass(frozen=True)
@@ -121,10 +133,42 @@ def closure(*paths: str | Path, root: Path = REPO_ROOT) -> list[Path]:
     return sorted(seen)
 
 
+def is_schema(module: str) -> bool:
+    """pipeline.params and every package's `config` module (declarations only; tests/test_layers.py)."""
+    return module.startswith(tuple(m + "." for m in SCHEMA)) or module in SCHEMA or \
+        (module.startswith("pipeline.") and module.endswith(".config"))
+
+
+def is_plumbing(module: str) -> bool:
+    """A module of PLUMBING: the package names there stand for themselves and their submodules, except
+    the top-level packages `pipeline` and `stages`, which stand for their __init__ alone."""
+    return module in PLUMBING or any(module.startswith(p + ".") for p in PLUMBING if p not in PACKAGES)
+
+
+def algorithm_closure(path: str | Path, root: Path = REPO_ROOT) -> list[Path]:
+    """The stage module `path` and every algorithm module it reaches (walking through plumbing,
+    stopping at the schema), sorted: the code a stage's results depend on."""
+    start = Path(root, path).resolve()
+    todo, seen, kept = [start], set(), {start}
+    while todo:
+        here = todo.pop()
+        if here in seen:
+            continue
+        seen.add(here)
+        for dep in imports_of(here, root).files:
+            module = module_name(dep, root)
+            if is_schema(module):
+                continue
+            if not is_plumbing(module):
+                kept.add(dep)
+            todo.append(dep)
+    return sorted(kept)
+
+
 def relative(paths: list[Path], root: Path = REPO_ROOT) -> list[str]:
     return [p.relative_to(root).as_posix() for p in paths]
 
 
 if __name__ == "__main__":
-    for name in relative(closure(*sys.argv[1:])):
+    for name in relative(sorted({p for arg in sys.argv[1:] for p in algorithm_closure(arg)})):
         print(name)

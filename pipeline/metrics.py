@@ -1,40 +1,41 @@
-"""Evaluation metrics shared by every stage: confusion-matrix mIoU, cluster best-match IoU, AUC.
+"""Evaluation metrics shared by every stage: the one confusion-matrix path (mIoU, pixel accuracy,
+per-class scores), cluster best-match IoU, AUC.
 
 Also the nearest-neighbour label upsampling that brings a cluster or label map to a mask's size.
 
-Pure numpy functions on label maps; no files. Conventions follow the WSSS literature: mIoU is over
-all classes including background, and label 255 is ignored.
+Pure functions on label maps (numpy; torchmetrics for the confusion); no files. Conventions follow the
+WSSS literature: mIoU is over all classes including background, and label 255 (`IGNORE`) is ignored.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 IGNORE = 255
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) int64 counts, rows = target class, columns = predicted class; target 255 ignored.
+def confusion(pred: Any, target: Any, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts of (truth, prediction) over the pixels whose truth is not 255: torchmetrics'
+    multiclass confusion matrix, the one confusion every score of the project comes from (pseudo-labels,
+    the segmenter's validation curve and its evaluation). `num_classes` counts background (K = C + 1);
+    predictions must lie in [0, K) where the truth is scored.
 
-    `num_classes` counts background (K = C + 1). Predictions outside [0, K) raise.
-    """
-    pred = np.asarray(pred).ravel()
-    target = np.asarray(target).ravel()
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction has {pred.size} pixels, target {target.size}")
-    keep = target != IGNORE
-    pred, target = pred[keep].astype(np.int64), target[keep].astype(np.int64)
-    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"predicted labels must lie in [0, {num_classes}), got {pred.min()}..{pred.max()}")
-    if target.size and target.max() >= num_classes:
-        raise ValueError(f"target labels must lie in [0, {num_classes}) or be 255, got max {target.max()}")
-    return np.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+    torchmetrics' `ignore_index` once leaked into the counts of JaccardIndex (torchmetrics issue #1187
+    and relatives), so tests pin its behaviour on hand-built cases."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    p = torch.as_tensor(np.asarray(pred)).long().flatten()
+    t = torch.as_tensor(np.asarray(target)).long().flatten()
+    if p.shape != t.shape:
+        raise ValueError(f"prediction has {p.numel()} pixels, target {t.numel()}")
+    return multiclass_confusion_matrix(p, t, num_classes, ignore_index=IGNORE, validate_args=False).numpy().astype(np.int64)
 
 
 def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
-    """(K,) per-class IoU; NaN for a class absent from both prediction and target."""
+    """(K,) per-class IoU; NaN for a class absent from both prediction and truth (left out of means)."""
     conf = np.asarray(conf, dtype=np.float64)
     inter = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - inter
@@ -42,13 +43,38 @@ def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, np.nan)
 
 
+def scores(conf: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Segmentation scores as the field reports them (method.md Stage D), from one confusion matrix over
+    all classes including background: mIoU (mean over classes with any truth or prediction), pixel
+    accuracy, per-class IoU, scored pixels."""
+    conf = np.asarray(conf, dtype=np.float64)
+    iou = iou_from_confusion(conf)
+    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
+            "pixel_accuracy": float(np.diag(conf).sum() / conf.sum()) if conf.sum() else None,
+            "per_class_iou": {n: _number(v) for n, v in zip(names, iou)}, "pixels": int(conf.sum())}
+
+
+def class_scores(conf: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per class: IoU, precision (of the pixels predicted as it) and recall (of its true pixels)."""
+    conf = np.asarray(conf, dtype=np.float64)
+    iou = iou_from_confusion(conf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = np.diag(conf) / conf.sum(0), np.diag(conf) / conf.sum(1)
+    return {n: {"iou": _number(iou[k]), "precision": _number(precision[k]), "recall": _number(recall[k])}
+            for k, n in enumerate(names)}
+
+
 def mean_iou(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray], num_classes: int) -> tuple[float, np.ndarray]:
     """Dataset mIoU (one confusion matrix over all pixels of all images) and per-class IoU."""
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for pred, target in zip(preds, targets, strict=True):
-        conf += confusion_matrix(pred, target, num_classes)
+        conf += confusion(pred, target, num_classes)
     iou = iou_from_confusion(conf)
     return float(np.nanmean(iou)), iou
+
+
+def _number(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
 
 
 def best_match_iou(clusters: np.ndarray, mask: np.ndarray) -> float:
@@ -102,9 +128,3 @@ def presence_auc(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if 0 < labels[:, c].sum() < len(labels):
             out[c] = roc_auc_score(labels[:, c], scores[:, c])
     return out
-
-
-def format_table(names: Sequence[str], values: Sequence[float]) -> str:
-    """A two-column text table (name, value as a percentage) for logs and reports."""
-    width = max(len(n) for n in names)
-    return "\n".join(f"{n:<{width}}  {100 * v:6.2f}" for n, v in zip(names, values))

@@ -1,13 +1,14 @@
-"""Map a per-image function over the images of an ImageStore with dask, resumably.
+"""Schedule a stage's work on dask workers: per-image tasks into an ImageStore, or items of a whole-run task.
 
-A stage hands the runner an `ImageTask`: a small picklable object whose `build()` makes the
-per-image function on a worker (models load once per worker process, not once per image) and whose
-`input_digest(id)` names what an image's result depends on beyond the store's key. Each image is one
-dask task: the worker computes it and stages it durably; the driver packs a block into the store's
-shards once all its images are staged, so each shard has exactly one writer. Progress is per image,
-with rate and ETA. Failures of single images are collected, not fatal: every other image is written,
-and the run ends with one error listing the failed ids; a rerun computes only what is missing, and
-recomputes a finished image whose input digest changed.
+A stage hands the runner a *task*: a small picklable object whose `build()` makes the function on a
+worker. That is the one way per-worker state is made: models load once per worker process (the
+built function is kept per task), not once per image or item. An `ImageTask` also names, with
+`input_digest(id)`, what an image's result depends on beyond the store's key. The store decides
+what is pending (`ImageStore.resume`) and accepts results; the runner only schedules. Images go out
+in chunks: the worker computes and stages each image durably; the driver has a block packed into
+the store's shards once all its images are staged, so each shard has exactly one writer. Progress
+is per image, with rate and ETA. Failures of single images are collected, not fatal: every other
+image is written, and the run ends with one error listing the failed ids.
 
 Cluster: `runner.scheduler_address` (or $DASK_SCHEDULER_ADDRESS) joins an existing cluster whose
 workers see the same filesystem path; otherwise a LocalCluster of worker processes is started, one
@@ -25,7 +26,7 @@ has staged N images (the cluster must finish the stage without it).
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
+import errno
 import hashlib
 import itertools
 import logging
@@ -44,12 +45,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipeline.errors import UserError, disk_full
 from pipeline.params import RunnerParams
-from pipeline.store.image_store import ImageStore, Staging, pad_digest
+from pipeline.store.image_store import ImageStore, Staging
 
 log = logging.getLogger(__name__)
 
-ImageFn = Callable[[str], Mapping[str, np.ndarray]]
 KILL_AFTER_ENV = "DICLIP_KILL_AFTER_IMAGES"
 WORKER_KILL_AFTER_ENV = "DICLIP_WORKER_KILL_AFTER_IMAGES"
 CHUNK_SECONDS = 0.5  # target compute time of one dask task (a chunk of images)
@@ -57,10 +58,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ImageTask(Protocol):
-    """What a stage gives the runner: picklable; builds the per-image function on the worker."""
+class Task(Protocol[T, R]):
+    """Picklable; `build()` makes the function the task runs, once per worker process."""
 
-    def build(self) -> ImageFn: ...
+    def build(self) -> Callable[[T], R]: ...
+
+
+class ImageTask(Task[str, Mapping[str, np.ndarray]], Protocol):
+    """A per-image task: its function maps an image id to the image's arrays (and files)."""
 
     def input_digest(self, image_id: str) -> bytes: ...
 
@@ -109,7 +114,18 @@ class Runner:
     def __exit__(self, *exc) -> None:
         if self._starting is not None:
             wait([self._starting])  # a cluster still starting is shut down with the rest
+            if self._starting.exception() is None:
+                self._client = self._starting.result()
             self._starting = None
+        if self._warm and self._client is not None:
+            # workers still importing (a stage with nothing to compute) would be killed mid-import, and
+            # say so at length in the log: let them finish first (a few seconds at most)
+            from dask.distributed import wait as wait_all
+
+            try:
+                wait_all(self._warm, timeout=120)
+            except Exception:  # noqa: BLE001  (a worker that died or hangs is shut down with the rest)
+                pass
         self._warm = []
         self._stack.close()
         self._client = None
@@ -146,47 +162,36 @@ class Runner:
 
     # ------------------------------------------------------------------ per-image stores
     def run(self, task: ImageTask, store: ImageStore, *, desc: str = "images") -> RunReport:
-        """Compute every image of `store` that is not durably done with unchanged inputs; see the module docstring."""
+        """Compute every image `store.resume` says is pending, packing each block once it is whole."""
         start = time.perf_counter()
         ids = store.ids()
-        _forget_changed(task, store, ids)
-        done, staged = store.done(), store.staged_indices()
-        missing = {i for i in range(len(ids)) if not done[i] and i not in staged}
-        remaining = {b.start: sum(i in missing for i in b) for b in store.blocks()}
+        pending = store.resume(task.input_digest)
         packer = _Packer(self, store)
-        for block in store.blocks():  # images staged before a kill, in blocks now whole
-            if remaining[block.start] == 0:
-                packer.pack(block)
-        pending = sorted(missing)
-        reused = len(ids) - len(pending)
-        log.info("%s: %d images to compute, %d reused", store.path, len(pending), reused)
-        block_of = {i: b for b in store.blocks() for i in b}
         failures: dict[str, str] = {}
-        with tqdm(total=len(pending), desc=desc, unit="img", disable=not pending, dynamic_ncols=True) as bar:
-            for results in self._execute(task, store.staging(), ids, pending):
+        with tqdm(total=len(pending.rows), desc=desc, unit="img", disable=not pending.rows, dynamic_ncols=True) as bar:
+            for results in self._images(task, store.staging(), ids, pending.rows):
                 for index, error in results:
                     if error is not None:
                         failures[ids[index]] = error
-                    block = block_of[index]
-                    remaining[block.start] -= 1
-                    if remaining[block.start] == 0:
+                    block = pending.finished(index)
+                    if block is not None:
                         packer.pack(block)
                 bar.update(len(results))
                 _DRIVER_KILL.count(len(results))
         packer.wait()
-        report = RunReport(computed=len(pending) - len(failures), reused=reused, failures=failures,
+        report = RunReport(computed=len(pending.rows) - len(failures), reused=pending.reused, failures=failures,
                            seconds=time.perf_counter() - start)
         if failures:
             raise ImageFailures(store.path, failures, report)
         return report
 
-    def _execute(self, task: ImageTask, staging: "Staging", ids: list[str], pending: list[int]) -> Iterator[list[tuple[int, str | None]]]:
+    def _images(self, task: ImageTask, staging: "Staging", ids: list[str], pending: list[int]) -> Iterator[list[tuple[int, str | None]]]:
         """Yield [(row, error or None), ...] as chunks of images finish, here or on the dask cluster.
 
         On the cluster, images go out in chunks sized to take about CHUNK_SECONDS each (one image per
-        task until the first ones are timed; never more than a sixteenth of a worker's share), and
-        at most two chunks per worker thread are in flight: memory stays flat, progress stays
-        per image for slow stages, and a kill loses only what is in flight.
+        task until the first ones are timed; never more than an eighth of a window's share), and at
+        most two chunks per worker thread are in flight: memory stays flat, progress stays per image
+        for slow stages, and a kill loses only what is in flight.
         """
         if not pending:
             return
@@ -194,16 +199,13 @@ class Runner:
         if self.params.in_process:
             _set_torch_threads(threads)
             for i in pending:
-                yield compute_images(staging, [(i, ids[i])], task, threads, os.getcwd())[0]
+                results, _, full = compute_images(staging, [(i, ids[i])], task, threads, os.getcwd())
+                yield _raise_if_full(full, results)
             return
-        from dask.distributed import as_completed
-
-        client = self.client()
+        client, root = self.client(), os.getcwd()
         token = _token(task)
-        root = os.getcwd()
         [task_ref] = client.scatter([task], broadcast=True, hash=False)
-        window = max(2, 2 * sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
-        largest = max(1, len(pending) // (8 * window))
+        largest = max(1, len(pending) // (8 * self._window()))
         todo = iter(pending)
         per_image: list[float] = []
 
@@ -215,53 +217,75 @@ class Runner:
             return client.submit(compute_images, staging, chunk, task_ref, threads, root,
                                  key=f"images-{token}-{chunk[0][0]}", pure=False)
 
-        running = as_completed([f for f in (submit() for _ in range(window)) if f is not None])
-        for future in running:
-            results, seconds = future.result()
-            per_image.append(seconds / len(results))
-            yield results
-            nxt = submit()
-            if nxt is not None:
-                running.add(nxt)
+        for future in self._stream(submit):
+            results, seconds, full = future.result()
+            per_image.append(seconds / max(1, len(results)))
+            yield _raise_if_full(full, results)
 
     # ------------------------------------------------------------------ whole-run work
-    def map(self, fn: Callable[[T], R], items: Sequence[T], *, desc: str = "items", unit: str = "it",
-            weights: Sequence[int] | None = None) -> list[R]:
-        """`[fn(x) for x in items]` on the workers (or here), results in item order, with a progress bar.
+    def map(self, task: "Task[T, R] | Callable[[T], R]", items: Sequence[T], *, desc: str = "items", unit: str = "it",
+            weights: Sequence[int] | None = None, uses_torch: bool = False) -> list[R]:
+        """`[fn(x) for x in items]` on the workers (or here), `fn` built from `task` once per worker (a
+        plain function is its own fn), results in item order, with a progress bar.
 
         `weights` (e.g. images per item) drive the bar, so it counts images, not items.
         """
         results: list[Any] = [None] * len(items)
-        for i, result in self.imap(fn, items, desc=desc, unit=unit, weights=weights):
+        for i, result in self.imap(task, items, desc=desc, unit=unit, weights=weights, uses_torch=uses_torch):
             results[i] = result
         return results
 
-    def imap(self, fn: Callable[[T], R], items: Sequence[T], *, desc: str = "items", unit: str = "it",
+    def imap(self, task: "Task[T, R] | Callable[[T], R]", items: Sequence[T], *, desc: str = "items", unit: str = "it",
              weights: Sequence[int] | None = None, uses_torch: bool = False) -> Iterator[tuple[int, R]]:
         """(item index, fn(item)) as each finishes, so the caller can keep every result durably the
         moment it exists (a kill then loses only what was in flight). With `uses_torch`, torch runs
         with `runner.torch_threads` wherever an item is computed (float results depend on it)."""
         weights = list(weights) if weights is not None else [1] * len(items)
+        threads = self.params.torch_threads if uses_torch else 0
         with tqdm(total=sum(weights), desc=desc, unit=unit, disable=not items, dynamic_ncols=True) as bar:
-            threads = self.params.torch_threads if uses_torch else 0
-            if self.params.in_process:
-                for i, item in enumerate(items):
-                    result = _with_threads(fn, item, threads, os.getcwd())
-                    bar.update(weights[i])
-                    yield i, result
-                    _DRIVER_KILL.count(weights[i])  # the caller has kept the result by now
-                return
-            from dask.distributed import as_completed
-
-            client = self.client()
-            root = os.getcwd()
-            futures = {client.submit(_with_threads, fn, item, threads, root, pure=False): i for i, item in enumerate(items)}
-            for future in as_completed(futures):
-                i = futures[future]
-                result = future.result()
+            for i, result in self._items(task, items, threads):
                 bar.update(weights[i])
                 yield i, result
-                _DRIVER_KILL.count(weights[i])
+                _DRIVER_KILL.count(weights[i])  # the caller has kept the result by now
+
+    def _items(self, task, items: Sequence[T], threads: int) -> Iterator[tuple[int, Any]]:
+        if self.params.in_process:
+            for i, item in enumerate(items):
+                result = compute_item(task, item, threads, os.getcwd())
+                yield i, _raise_if_full(result.path if isinstance(result, DiskFullAt) else None, result)
+            return
+        client, root = self.client(), os.getcwd()
+        [task_ref] = client.scatter([task], broadcast=True, hash=False)
+        todo = iter(enumerate(items))
+        index_of: dict[Any, int] = {}
+
+        def submit():
+            nxt = next(todo, None)
+            if nxt is None:
+                return None
+            future = client.submit(compute_item, task_ref, nxt[1], threads, root, pure=False)
+            index_of[future.key] = nxt[0]
+            return future
+
+        for future in self._stream(submit):
+            result = future.result()
+            yield index_of.pop(future.key), _raise_if_full(result.path if isinstance(result, DiskFullAt) else None, result)
+
+    def _window(self) -> int:
+        """Chunks kept in flight: two per worker thread."""
+        return max(2, 2 * sum(w.get("nthreads", 1) for w in self.client().scheduler_info()["workers"].values()))
+
+    def _stream(self, submit: Callable[[], Any]) -> Iterator[Any]:
+        """Futures as they complete, keeping a window of them in flight: `submit()` sends the next one
+        (None when there is nothing left). The one way work reaches the cluster."""
+        from dask.distributed import as_completed
+
+        running = as_completed([f for f in (submit() for _ in range(self._window())) if f is not None])
+        for future in running:
+            yield future
+            nxt = submit()
+            if nxt is not None:
+                running.add(nxt)
 
     def client(self):
         """The dask Client: the configured scheduler, or a LocalCluster of processes started here."""
@@ -274,29 +298,41 @@ class Runner:
         return self._client
 
 
-def import_modules(names: Sequence[str]) -> list[str]:
-    """Import `names` here (a worker warming up); returns those that failed, which the stage's own
-    task will then report with its real error."""
+def import_modules(names: Sequence[str]) -> None:
+    """Import `names` here (a worker warming up). A module that fails is skipped: the stage's own task
+    imports it again and reports the real error."""
     import importlib
 
-    failed = []
     for name in names:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001  (the task that needs the module raises the real error)
-            failed.append(name)
-    return failed
+            continue
 
 
-def _with_threads(fn: Callable[[T], R], item: T, threads: int, root: str) -> R:
-    """`fn(item)` in the driver's directory `root`, with torch limited to `threads` (0: leave torch
-    alone, and do not import it)."""
+def compute_item(task, item: T, threads: int, root: str):
+    """`fn(item)` of the task's built function (or of a plain function) in the driver's directory `root`,
+    with torch limited to `threads` (0: leave torch alone, and do not import it); runs on a worker. A full
+    disk is handed back as `DiskFullAt(path)`, not raised (see compute_images)."""
     _enter(root)
     if threads:
         import torch  # noqa: F401  (loaded first, so the limit holds from the item's first operation)
 
         _set_torch_threads(threads)
-    return fn(item)
+    try:
+        return _built(task, threads)(item)
+    except Exception as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        return DiskFullAt(full)
+
+
+@dataclass(frozen=True)
+class DiskFullAt:
+    """What a worker hands back instead of raising when the disk filled under `path`."""
+
+    path: str
 
 
 class _KillHook:
@@ -385,25 +421,12 @@ def run_per_image(task: ImageTask, store: ImageStore, params: RunnerParams, *, d
         return runner.run(task, store, desc=desc)
 
 
-def _forget_changed(task: ImageTask, store: ImageStore, ids: list[str]) -> None:
-    """Rows (done or staged) whose input digest differs from the task's now are recomputed, not reused."""
-    done, stored = store.done(), store.input_digests()
-    changed = [i for i in np.flatnonzero(done) if bytes(stored[i]) != pad_digest(task.input_digest(ids[i]))]
-    for i in store.staged_indices():
-        staged = store.load_staged(i)
-        if staged is None or staged[1] != pad_digest(task.input_digest(ids[i])):
-            store.drop_staged(i)
-    if changed:
-        log.info("%s: %d images changed since they were computed; recomputing them", store.path, len(changed))
-    store.forget(changed)
+# Per-worker-process cache of built functions, keyed by the task's pickle digest: models are loaded
+# once per worker, not once per image or item.
+_BUILT: dict[str, Callable] = {}
 
 
-# Per-worker-process cache of built image functions, keyed by the task's pickle digest: models
-# are loaded once per worker, not once per image.
-_BUILT: dict[str, ImageFn] = {}
-
-
-def _token(task: ImageTask) -> str:
+def _token(task: Any) -> str:
     return hashlib.sha256(pickle.dumps(task)).hexdigest()[:16]
 
 
@@ -413,12 +436,16 @@ def _enter(root: str) -> None:
         os.chdir(root)
 
 
-def _built(task: ImageTask, torch_threads: int) -> ImageFn:
+def _built(task, torch_threads: int) -> Callable:
+    """The task's function, built once per process (a plain function is its own)."""
+    if not hasattr(task, "build"):
+        return task
     # keyed by directory too: a long-lived worker may serve two checkouts whose tasks pickle alike
     key = f"{os.getcwd()}:{_token(task)}"
     if key not in _BUILT:
         _BUILT[key] = task.build()
-        _set_torch_threads(torch_threads)  # build() may have loaded torch
+        if torch_threads:
+            _set_torch_threads(torch_threads)  # build() may have loaded torch
     return _BUILT[key]
 
 
@@ -430,10 +457,12 @@ def _set_torch_threads(n: int) -> None:
 
 
 def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: ImageTask,
-                   torch_threads: int, root: str) -> tuple[list[tuple[int, str | None]], float]:
+                   torch_threads: int, root: str) -> tuple[list[tuple[int, str | None]], float, str | None]:
     """Compute and stage a chunk of (row, image id) in the driver's directory `root`; runs on a worker.
 
-    Returns ([(row, error message or None), ...], seconds spent).
+    Returns ([(row, error message or None), ...], seconds spent, the path a full disk refused or
+    None). A full disk ends the chunk there and is handed back, not raised: the driver reports it once,
+    instead of every worker logging a traceback for every chunk.
     """
     start = time.perf_counter()
     _enter(root)
@@ -443,14 +472,17 @@ def compute_images(staging: "Staging", chunk: list[tuple[int, str]], task: Image
         try:
             digest = task.input_digest(image_id)
             values = staging.check(image_id, _built(task, torch_threads)(image_id))
+            staging.stage(index, image_id, values, digest)
         except Exception as err:  # one bad image must not stop the others
+            full = disk_full(err)
+            if full is not None:
+                return results, time.perf_counter() - start, full
             log.debug("image %s failed:\n%s", image_id, traceback.format_exc())
             results.append((index, _describe(err)))
             continue
-        staging.stage(index, image_id, values, digest)
         results.append((index, None))
         _WORKER_KILL.count(1)
-    return results, time.perf_counter() - start
+    return results, time.perf_counter() - start, None
 
 
 class _Packer:
@@ -469,13 +501,28 @@ class _Packer:
 
     def wait(self) -> None:
         for future in self.futures:
-            future.result()
+            _raise_if_full(future.result(), None)
 
 
-def pack_block(path: str, start: int, stop: int, root: str) -> int:
-    """Pack one block of a store in the driver's directory `root` (a worker's half of `_Packer`)."""
+def pack_block(path: str, start: int, stop: int, root: str) -> str | None:
+    """Pack one block of a store in the driver's directory `root` (a worker's half of `_Packer`); a full
+    disk is handed back as the path it refused (see compute_images)."""
     _enter(root)
-    return ImageStore(path, writable=True).pack_block(range(start, stop))
+    try:
+        ImageStore(path, writable=True).pack_block(range(start, stop))
+    except OSError as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        return full
+    return None
+
+
+def _raise_if_full(full: str | None, results: T) -> T:
+    """`results`, or the OSError of the disk that filled (the skeleton reports it once, as DiskFull)."""
+    if full is not None:
+        raise OSError(errno.ENOSPC, "No space left on device", full or None)
+    return results
 
 
 def _describe(err: Exception) -> str:

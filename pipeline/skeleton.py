@@ -1,15 +1,18 @@
 """The stage skeleton: what every DVC stage does the same way, written once.
 
-A stage declares a `StageSpec`: its name, the dotted params keys it reads, the artifacts it reads and
-writes (`pipeline.artifacts`). The skeleton then
-- loads and validates params.yaml and hands the stage only the keys it declared (reading another
-  raises, so the declaration, which `dvc.yaml` must match, cannot drift from the code);
-- stamps provenance from the stage's inputs only (`pipeline.provenance`): params, the digest of
-  the code the stage module imports, the fingerprints of its input artifacts;
+A stage declares a `StageSpec`: its name and command, the dotted params keys it reads, the artifacts
+it reads and writes (`pipeline.artifacts`). The skeleton then
+- loads params.yaml, validating every section but refusing only for the sections the stage reads,
+  and hands the stage only the keys it declared (reading another raises, so the declaration, from
+  which `dvc.yaml` is generated, cannot drift from the code);
+- stamps provenance from what decides the stage's bytes (`pipeline.provenance`): the declared params'
+  resolved values, its algorithm code, the layout versions of the formats it writes, the fingerprints
+  of its inputs;
 - opens the dataset index and the dataset's splits;
-- maps a per-image task over images into a resumable store (`images`): a result is reused only if
-  the store's key and the image's input digest are unchanged;
-- writes metric files atomically, and ends with one summary line.
+- maps a per-image task over images into a resumable store (`images`): the store decides what is
+  reused, the runner schedules the rest;
+- writes metric files atomically (headline numbers, and the detail beside them);
+- ends with one summary line, or one message when the disk is full.
 """
 
 from __future__ import annotations
@@ -22,23 +25,27 @@ from typing import Any, Callable, Mapping, Sequence
 
 from pipeline import provenance
 from pipeline.artifacts import Artifact
-from pipeline.params import Params, ParamsError, RunnerParams, load_params, to_plain
+from pipeline.errors import DiskFull, ParamsError, disk_full
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage's declaration; `module` is the stage module (its imports make the code digest).
+    """One stage's declaration; `module` is the stage module (its algorithm closure is its code).
 
+    `command`: the `diclip` subcommand that runs it (dvc.yaml's `cmd`). `extra_deps`: what `dvc.yaml`
+    lists beyond the input artifacts (the dataset folder, a document the report copies).
     `worker_imports`: the modules a stage's tasks load on the runner's workers (a model library, say),
     imported there while the driver still prepares once the stage calls `StageContext.start_workers`."""
 
     name: str
     module: str
+    command: str
     params: tuple[str, ...]
     inputs: tuple[Artifact, ...] = ()
     outputs: tuple[Artifact, ...] = ()
+    extra_deps: tuple[str, ...] = ()
     worker_imports: tuple[str, ...] | None = None
 
     @property
@@ -49,6 +56,16 @@ class StageSpec:
         if path is None:
             raise ValueError(f"stage {self.name!r}: module {self.module!r} is not a file of this repo")
         return path.relative_to(codegraph.REPO_ROOT).as_posix()
+
+    @property
+    def sections(self) -> frozenset[str]:
+        """The params sections the stage reads (those of its declared keys, and the runner's)."""
+        return frozenset({key.split(".")[0] for key in self.params} | {"runner"})
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The stored formats the stage writes (pipeline.store.layouts)."""
+        return tuple(sorted({name for a in self.outputs for name in a.layouts}))
 
 
 class DeclaredParams:
@@ -72,12 +89,14 @@ class DeclaredParams:
             return DeclaredParams(self._stage, value, self._declared, key + ".")
         raise ParamsError(
             f"stage {self._stage!r} reads params {key!r} but does not declare it: add it to the stage's "
-            "StageSpec.params and to its `params:` in dvc.yaml"
+            "StageSpec.params (dvc.yaml follows: python -m pipeline.dvcfile --write)"
         )
 
 
-def declared_values(params: Params, keys: Sequence[str]) -> dict[str, Any]:
+def declared_values(params: Any, keys: Sequence[str]) -> dict[str, Any]:
     """{dotted key: plain value} of the declared keys (what the params hash covers)."""
+    from pipeline.params import to_plain
+
     out = {}
     for key in keys:
         value: Any = params
@@ -106,11 +125,11 @@ class Summary:
 class StageContext:
     """What a running stage gets from the skeleton: its params, paths, provenance, index, runner."""
 
-    def __init__(self, spec: StageSpec, params: Params, paths: Mapping[str, Path]) -> None:
+    def __init__(self, spec: StageSpec, params: Any, paths: Mapping[str, Path]) -> None:
         self.spec = spec
         self._params = params
         self.params = DeclaredParams(spec.name, params, spec.params)
-        self.runner_params: RunnerParams = params.runner  # never part of provenance: results do not depend on it
+        self.runner_params = params.runner  # never part of provenance: results do not depend on it
         self.paths = dict(paths)
         self.summary = Summary()
         self._runner = None
@@ -119,17 +138,13 @@ class StageContext:
     def path(self, artifact: Artifact) -> Path:
         return self.paths[artifact.name]
 
-    @property
-    def code_digest(self) -> str:
-        return provenance.code_digest(self.spec.module_file)
-
     def stamp(self, *, inputs: Mapping[str, str] | None = None, exclude: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
-        """Provenance of an output: declared params (less `exclude`d keys), code digest, input fingerprints.
-
-        `extra` holds values that decide the output but are not params (e.g. resolved model sizes).
-        """
+        """Provenance of an output: declared params (less `exclude`d keys), algorithm code digest, the
+        written formats' layout versions, input fingerprints. `extra` holds values that decide the
+        output but are not params (e.g. resolved model sizes)."""
         values = _without(declared_values(self._params, self.spec.params), exclude)
-        return provenance.stamp(self.spec.name, {**values, **extra}, code=self.code_digest, inputs=inputs)
+        return provenance.stamp(self.spec.name, {**values, **extra}, code=provenance.code_digest(self.spec.module_file),
+                                layouts=provenance.layout_versions(self.spec.layouts), inputs=inputs)
 
     # ------------------------------------------------------------------ inputs
     def index(self):
@@ -138,13 +153,6 @@ class StageContext:
         from pipeline.store.dataset_index import DatasetIndex
 
         return DatasetIndex.load(self.path(INDEX))
-
-    def aligned(self, *inputs: Artifact):
-        """The finished per-image stores of `inputs`, fingerprints recorded now, for a task's workers
-        (pipeline.store.aligned); put `.fingerprints` into `stamp(inputs=...)`."""
-        from pipeline.store.aligned import AlignedInputs
-
-        return AlignedInputs.of({a.name: self.path(a) for a in inputs})
 
     # ------------------------------------------------------------------ per-image work
     @property
@@ -185,10 +193,18 @@ class StageContext:
 
     # ------------------------------------------------------------------ outputs
     def write_metric(self, artifact: Artifact, data: Mapping[str, Any]) -> Path:
-        """Write a metric JSON atomically (sorted keys: same data, same bytes)."""
+        """Write a JSON file atomically (sorted keys: same data, same bytes)."""
         from pipeline import atomic
 
         return atomic.write_json(self.path(artifact), dict(data))
+
+    def write_metrics(self, metric: Artifact, detail: Artifact, headline: Mapping[str, Any],
+                      details: Mapping[str, Any]) -> tuple[dict, dict]:
+        """Write a stage's headline numbers (`dvc metrics show` reads them) and its detail beside them;
+        returns both."""
+        self.write_metric(detail, details)
+        self.write_metric(metric, headline)
+        return dict(headline), dict(details)
 
     def close(self) -> None:
         if self._runner is not None:
@@ -197,15 +213,27 @@ class StageContext:
 
 
 def run_stage(spec: StageSpec, body: Callable[[StageContext], Any], *, params_path: Path | None = None,
-              paths: Mapping[str, Path] | None = None, params: Params | None = None) -> tuple[Any, Summary]:
-    """Load params, run `body` with a StageContext, log one summary line; returns (body's result, summary)."""
-    params = load_params(params_path) if params is None else params
+              paths: Mapping[str, Path] | None = None, params: Any = None) -> tuple[Any, Summary]:
+    """Load params, run `body` with a StageContext, log one summary line; returns (body's result, summary).
+
+    A full disk anywhere in the stage (here or on a worker) becomes one DiskFull naming the path and
+    the stage, and saying that a rerun resumes."""
+    from pipeline.params import load_params
+
+    params = load_params(params_path or "params.yaml", sections=spec.sections) if params is None else params
     given = {k: Path(v) for k, v in (paths or {}).items() if v is not None}
     all_paths = {a.name: given.get(a.name, Path(a.path)) for a in (*spec.inputs, *spec.outputs)}
     ctx = StageContext(spec, params, all_paths)
     start = time.perf_counter()
     try:
         result = body(ctx)
+    except OSError as err:
+        full = disk_full(err)
+        if full is None:
+            raise
+        raise DiskFull(f"{spec.name}: no space left on the device while writing {full or 'its outputs'}; free some space and rerun "
+                       f"(`dvc repro` or `diclip {spec.command}`): everything already computed is kept and the rerun "
+                       "resumes") from None
     finally:
         ctx.close()
     s = ctx.summary

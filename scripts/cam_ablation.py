@@ -26,13 +26,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cam.pseudo_labels import LabelRule  # noqa: E402
-from pipeline.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
+from pipeline.metrics import confusion, scores  # noqa: E402
 from pipeline.params import load_params, parse_params  # noqa: E402
 from pipeline.params.schema import to_plain  # noqa: E402
-from pipeline.skeleton import run_stage  # noqa: E402
 from pipeline.store.dataset_index import DatasetIndex  # noqa: E402
 from pipeline.store.image_store import ImageStore  # noqa: E402
-from stages import cams  # noqa: E402
 
 ROWS: list[tuple[str, dict]] = [
     ("text CAM (the demo's params without PAR and the cache)", {}),
@@ -74,12 +72,27 @@ def untrained_clip(folder: Path, model: str) -> Path:
 
 
 def miou(index, images, split, labels_of) -> float:
-    K = len(index.class_names) + 1
-    conf = np.zeros((K, K), dtype=np.int64)
+    names = ("background", *index.class_names)
+    conf = np.zeros((len(names), len(names)), dtype=np.int64)
     for image_id in index.ids(split):
         mask = images.load_mask(image_id)
-        conf += confusion_matrix(labels_of(image_id, mask.shape), mask, K)
-    return float(np.nanmean(iou_from_confusion(conf)))
+        conf += confusion(labels_of(image_id, mask.shape), mask, len(names))
+    return scores(conf, names)["miou"]
+
+
+def run_cams(params: dict, out: Path) -> ImageStore:
+    """The `cams` stage's own command with `params` (validated first), into `out`."""
+    import subprocess
+
+    import yaml
+
+    parse_params(params)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "stages.cli", "-q", "cams", "--params", str(out / "params.yaml"),
+                    "--cams", str(out / "cams.zarr"), "--pseudo-labels", str(out / "pseudo_labels"),
+                    "--tsa-cache", "artifacts/tsa_cache.h5"], check=True)
+    return ImageStore.open(out / "cams.zarr", stage="cams")
 
 
 def main() -> None:
@@ -126,12 +139,7 @@ def main() -> None:
         if overrides.get("__untrained__"):
             data["models"]["clip"]["pretrained"] = str(untrained_clip(args.out, data["models"]["clip"]["model"]))
         data["runner"]["in_process"] = False
-        params = parse_params(data)
-        out = args.out / f"row{n}"
-        run_stage(cams.SPEC, cams.body, params=params,
-                  paths={"cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels",
-                         "tsa_cache": Path("artifacts/tsa_cache.h5")})
-        store = ImageStore.open(out / "cams.zarr", stage="cams")
+        store = run_cams(data, args.out / f"row{n}")
         rows = {i: k for k, i in enumerate(store.ids())}
 
         rule = LabelRule.from_attrs(store.attrs["label_rule"])  # the stage's own rule (PAR, ignore band)
@@ -140,7 +148,7 @@ def main() -> None:
             label = dataclasses.replace(rule, bg_threshold=threshold)
             return lambda i, shape: label(store.read("cams", rows[i]), present[i], images.load_image(i))
 
-        sweep = {t: miou(index, images, tune, labels(t)) for t in (None, *params.cams.eval_thresholds)}
+        sweep = {t: miou(index, images, tune, labels(t)) for t in (None, *data["cams"]["eval_thresholds"])}
         best = max(sweep, key=sweep.get)
         results.append({"row": name, "overrides": overrides, "bg": "1 - max" if best is None else best,
                         "tune_miou": sweep[best], "train_miou": miou(index, images, train, labels(best))})

@@ -22,19 +22,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pipeline.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
-from pipeline.models.clip import load_shipped_clip  # noqa: E402
+from pipeline.metrics import confusion, scores  # noqa: E402
+from pipeline.models.clip import input_normalisation, load_shipped_clip  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.segment.crf import CrfConfig, dense_crf  # noqa: E402
+from pipeline.segment.config import InferenceConfig, TrainConfig  # noqa: E402
+from pipeline.segment.crf import dense_crf  # noqa: E402
 from pipeline.segment.decoder import build_decoder  # noqa: E402
-from pipeline.segment.inference import multiscale_logits  # noqa: E402
-from pipeline.segment.training import SegmenterTrainer, TrainConfig, segment_logits  # noqa: E402
+from pipeline.segment.inference import multiscale_logits, normalise  # noqa: E402
+from pipeline.segment.training import SegmenterTrainer, segment_logits  # noqa: E402
 from pipeline.store.dataset_index import DatasetIndex  # noqa: E402
 from pipeline.store.image_store import FileSpec  # noqa: E402
-from stages.segmenter_io import input_normalisation, normalise  # noqa: E402
 
-CRFS = {"none": None, "diclip (xy 67, rgb 3)": CrfConfig(), "xy 10, rgb 10": CrfConfig(bi_xy=10, bi_rgb=10),
-        "xy 8, rgb 5": CrfConfig(bi_xy=8, bi_rgb=5), "xy 10, rgb 20": CrfConfig(bi_xy=10, bi_rgb=20)}
+CRFS = {"none": None, "diclip (xy 67, rgb 3)": InferenceConfig(crf=True),
+        "xy 10, rgb 10": InferenceConfig(crf=True, crf_bi_xy=10, crf_bi_rgb=10),
+        "xy 8, rgb 5": InferenceConfig(crf=True, crf_bi_xy=8, crf_bi_rgb=5),
+        "xy 10, rgb 20": InferenceConfig(crf=True, crf_bi_xy=10, crf_bi_rgb=20)}
 
 
 def main() -> None:
@@ -53,7 +55,8 @@ def main() -> None:
     torch.manual_seed(0)
     clip = load_shipped_clip()
     visual = clip.model.visual
-    mean, std = input_normalisation("model", load_params("params.yaml").models.clip)  # names, not the loaded model
+    models = load_params("params.yaml", sections=("models",)).models
+    mean, std = input_normalisation("model", models.clip.model, models.clip.pretrained)  # names, not the loaded model
     index = DatasetIndex.load("artifacts/index")
     train = index.ids(index.meta["train_split"])
     images = index.images([index.meta["train_split"]])
@@ -63,30 +66,35 @@ def main() -> None:
     def sample(i: int):
         return normalise(images.load_image(fit[i]), mean, std), torch.from_numpy(labels.read(fit[i]))
 
-    decoder = build_decoder("diclip", int(visual.conv1.out_channels), len(visual.transformer.resblocks),
-                            len(index.class_names), dim=args.dim, layers=3, heads=8)
-    trainer = SegmenterTrainer(decoder, visual, TrainConfig(args.iterations, args.batch, args.crop, tuple(args.rescale),
-                                                            True, 2e-3, 0.01, 50, 0.1, 8, 0), len(fit))
+    config = TrainConfig(iterations=args.iterations, batch=args.batch, crop=args.crop, rescale=tuple(args.rescale),
+                         dim=args.dim)  # the rest at the train section's defaults
+    decoder = build_decoder(config.architecture, int(visual.conv1.out_channels), len(visual.transformer.resblocks),
+                            len(index.class_names), dim=config.dim, layers=config.layers, heads=config.heads,
+                            dropout=config.dropout)
+    trainer = SegmenterTrainer(decoder, visual, config, len(fit))
     start = time.time()
     while trainer.step < args.iterations:
         trainer.train_step(sample)
     print(f"trained {args.iterations} steps in {time.time() - start:.0f} s")
-    K = len(index.class_names) + 1
+    names = ("background", *index.class_names)
+    K = len(names)
     pseudo = np.zeros((K, K), dtype=np.int64)
     for image_id in held:
-        pseudo += confusion_matrix(labels.read(image_id), images.load_mask(image_id), K)
-    print(f"pseudo-labels on the held-out images: {np.nanmean(iou_from_confusion(pseudo)):.3f}")
+        pseudo += confusion(labels.read(image_id), images.load_mask(image_id), K)
+    print(f"pseudo-labels on the held-out images: {scores(pseudo, names)['miou']:.3f}")
+    inference = InferenceConfig()  # DiCLIP's 4 scales + flip, averaged at 0.4 of the image size
     for size in args.sizes:
         confs = {name: np.zeros((K, K), dtype=np.int64) for name in CRFS}
         for image_id in held:
             image, mask = images.load_image(image_id), images.load_mask(image_id)
             logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), normalise(image, mean, std)[None],
-                                       mask.shape, base=size, patch=8)[0]
+                                       mask.shape, base=size, patch=8, scales=inference.scales, flip=inference.flip,
+                                       fraction=inference.fraction)[0]
             prob = logits.softmax(0).numpy()
             for name, crf in CRFS.items():
                 p = prob if crf is None else dense_crf(prob, image, crf)
-                confs[name] += confusion_matrix(p.argmax(0).astype(np.uint8), mask, K)
-        row = ", ".join(f"{n} {np.nanmean(iou_from_confusion(c)):.3f}" for n, c in confs.items())
+                confs[name] += confusion(p.argmax(0).astype(np.uint8), mask, K)
+        row = ", ".join(f"{n} {scores(c, names)['miou']:.3f}" for n, c in confs.items())
         print(f"size {size}, 4 scales + flip: {row}")
 
 

@@ -28,10 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.diffusion.capture import add_noise, encode_images, encode_prompt, image_noise_seed  # noqa: E402
+from pipeline.diffusion.config import StageAConfig  # noqa: E402
 from pipeline.diffusion.correlation import head_scores, head_product, normalise_scores  # noqa: E402
 from pipeline.diffusion.kl_assign import kl_assign  # noqa: E402
 from pipeline.diffusion.selected import LayerTap, capture_layers, self_attention_heads  # noqa: E402
 from pipeline.diffusion.transition import head_probabilities, sharpen_transition  # noqa: E402
+from pipeline.grids import square_side  # noqa: E402
 from pipeline.metrics import cluster_map_iou, upsample_labels  # noqa: E402
 from pipeline.models import load_stable_diffusion  # noqa: E402
 from pipeline.store.dataset_index import DatasetIndex  # noqa: E402
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--out", default="artifacts/selection/stage_a.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    cfg = StageAConfig()  # DiCLIP's threshold, sharpening and assignment rounds: the params' defaults
     index = DatasetIndex.load(args.index)
     split = index.meta["train_split"]
     ids = index.ids(split)[: args.images]
@@ -70,14 +73,15 @@ def main() -> None:
             cap = capture_layers(pipe.unet, lat, text, t, taps, stop_early=False)
             scores = {}
             for path, c in cap.items():
-                side = int(round(c.tokens ** 0.5))
-                scores[path] = normalise_scores(head_scores(c.query[0], c.key[0], (side, side), g))  # (heads, g^2, g^2)
+                side = square_side(c.tokens, "attention tokens")
+                scores[path] = normalise_scores(head_scores(c.query[0], c.key[0], (side, side), g), cfg.diclip.threshold)  # (heads, g^2, g^2)
                 if side == 2 * g:
                     lab = torch.from_numpy(upsample_labels(mask, (side, side)).reshape(-1).astype(np.int64))
                     same = (lab[:, None] == lab[None, :]).float()
                     labels = [lab == v for v in lab.unique()]
                     for hs in itertools.combinations(range(c.query.shape[1]), 2):
-                        p = sharpen_transition(head_probabilities(c.query[0, list(hs)], c.key[0, list(hs)], c.scale))
+                        p = sharpen_transition(head_probabilities(c.query[0, list(hs)], c.key[0, list(hs)], c.scale),
+                                               cfg.transition.sharpen)
                         kept = (p * same).sum(-1)  # mass each pixel's row keeps on its own label
                         trans.setdefault((path, hs), []).append(float(np.mean([kept[m].mean() for m in labels])))
             captured.append((mask, scores))
@@ -85,7 +89,8 @@ def main() -> None:
         def score(path: str, hs: tuple[int, ...]) -> float:
             values = []
             for mask, scores in captured:
-                ids_, _ = kl_assign(head_product(scores[path][list(hs)]), g)
+                ids_, _ = kl_assign(head_product(scores[path][list(hs)]), g, anchor_stride=cfg.diclip.anchor_stride,
+                                    rounds=cfg.diclip.rounds)
                 values.append(cluster_map_iou(ids_.reshape(g, g).numpy(), mask))
             return float(np.nanmean(values))
 

@@ -18,17 +18,16 @@ text CAM as minmax(cache_weight * cache + text) before refinement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from pipeline import artifacts
+from pipeline.command import artifact_options
 from pipeline.skeleton import StageContext, StageSpec, run_stage
-from stages.common import artifact_options
 
 SPEC = StageSpec(
-    name="cams", module=__name__,
+    name="cams", module=__name__, command="cams",
     params=("cams", "models.clip", "models.device", "models.precision"),
     inputs=(artifacts.INDEX, artifacts.DIFFUSION, artifacts.TSA_CACHE), outputs=(artifacts.CAMS, artifacts.PSEUDO_LABELS),
     worker_imports=("pipeline.models", "pipeline.cam.pseudo_labels", "pipeline.store.diffusion_maps"),
@@ -36,89 +35,12 @@ SPEC = StageSpec(
 EVAL_ONLY = ("cams.eval_thresholds",)
 
 
-@dataclass(frozen=True)
-class CamTask:
-    """Runner task: load CLIP, the texts and the cache, and open stage A's store once per worker."""
-
-    cams: object  # stages.cam_inputs.ClipCams
-    index: str
-    splits: tuple[str, ...]
-    diffusion: str
-    cache: str | None = None  # the TSA cache file when cache_weight > 0
-    cache_weight: float = 0.0
-    batch_images: int = 1  # images per CLIP forward (cams.batch_images)
-    adapter: str | None = None  # round 2 (stage tsa_adapt): the adapted cache replaces the static one
-
-    def build(self):
-        from pipeline.store.dataset_index import DatasetIndex
-        from pipeline.store.diffusion_maps import DiffusionMaps
-
-        clip, text = self.cams.load()
-        cache = load_adapter(self.adapter) if self.adapter else load_cache(self.cache, text, self.cams.num_classes)
-        fn = self.cams.image_cams(clip, text, cache=cache, cache_weight=self.cache_weight if cache else 0.0)
-        config = self.cams.config
-        index = DatasetIndex.load(self.index)
-        images = index.images(self.splits)
-        present = {i: row.astype(bool) for s in self.splits for i, row in zip(index.ids(s), index.labels(s))}
-        order = list(dict.fromkeys(i for s in self.splits for i in index.ids(s)))
-        position = {i: n for n, i in enumerate(order)}
-        maps = DiffusionMaps.open(self.diffusion)
-        with_p = maps.transition_grid is not None and config.rar
-        done: dict[str, dict] = {}  # the rest of the last computed group, handed out as the runner asks
-
-        def compute(image_id: str):
-            # groups are fixed by position (not by the runner's chunks), so a result never depends
-            # on worker counts or on which images a resumed run had left
-            if image_id not in done:
-                start = position[image_id] // self.batch_images * self.batch_images
-                group = order[start:start + self.batch_images]
-                results = fn.batch([images.load_image(i) for i in group], [present[i] for i in group],
-                                   [maps.correlation(i) if config.vce else None for i in group],
-                                   [maps.transition(i) if with_p else None for i in group])
-                done.clear()
-                done.update(zip(group, results))
-            return done.pop(image_id)
-
-        return compute
-
-    def input_digest(self, image_id: str) -> bytes:
-        from pipeline.store.dataset_index import image_digests
-
-        return image_digests(self.index, self.splits)[image_id]
-
-
-def load_cache(path: str | None, text, num_classes: int):
-    """The static cache CAM (pipeline.tsa.retrieval.StaticCache) over the keys of a TSA cache file; the
-    background's text is the mean of the background words' features (None without any)."""
-    if not path:
-        return None
-    import torch
-
-    from pipeline.store.h5_store import H5Reader
-    from pipeline.tsa.retrieval import StaticCache
-
-    with H5Reader(path) as reader:
-        keys, key_class = reader.dataset("keys"), reader.dataset("key_class")
-    background = text[num_classes:].mean(0) if len(text) > num_classes else None
-    return StaticCache(torch.from_numpy(keys), torch.from_numpy(key_class), text[:num_classes], background)
-
-
-def load_adapter(path: str):
-    """Round 2's cache hook (pipeline.tsa.adapter.AdaptedCache) over saved adapter weights."""
-    from safetensors.torch import load_file
-
-    from pipeline.tsa.adapter import AdaptedCache, KVAdapter
-
-    return AdaptedCache(KVAdapter.from_state(load_file(path)))
-
-
 def body(ctx: StageContext) -> dict:
     """CAMs and pseudo-labels for the train and eval splits."""
     from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.h5_store import H5Reader
-    from pipeline.store.image_store import ArraySpec, FileSpec
 
-    cfg, models = ctx.params.cams, ctx.params.models
+    cfg = ctx.params.cams
     index = ctx.index()
     maps = DiffusionMaps.open(ctx.path(artifacts.DIFFUSION), index_fingerprint=index.fingerprint)
     cache, cache_id = None, None
@@ -128,30 +50,20 @@ def body(ctx: StageContext) -> dict:
             cache_id = reader.attrs.get("fingerprint") or reader.attrs["key"]
     ctx.start_workers()  # inputs are good: the workers load torch and CLIP while this process does too
 
-    from pipeline.cam.pseudo_labels import LabelRule
-    from pipeline.models.clip import clip_patch_size
-    from stages.cam_inputs import ClipCams
+    from pipeline.tasks.clip_cams import CamTask, ClipCams
 
     splits = tuple(dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]]))
-    ids = list(dict.fromkeys(i for s in splits for i in index.ids(s)))
     cams = ClipCams.from_params(ctx.params, index.class_names)
-    side = maps.transition_grid if (cfg.rar and maps.transition_grid) else cfg.clip_size // clip_patch_size(models.clip.model)
     inputs = {"index": index.fingerprint, "diffusion": maps.store.fingerprint, "texts": cams.words_digest}
     if cache_id:
         inputs["tsa_cache"] = cache_id
-    stamp = ctx.stamp(exclude=EVAL_ONLY, inputs=inputs)
-    C = len(index.class_names)
-    attrs = {**stamp, "clip": {"model": models.clip.model, "pretrained": models.clip.pretrained}, "grid": side,
-             "class_names": list(index.class_names), "prompts": list(cams.texts),
-             "splits": {s: len(index.ids(s)) for s in splits}, "index_fingerprint": index.fingerprint,
-             "label_rule": LabelRule.from_config(cams.config).to_attrs(),
-             "cache": {"fingerprint": cache_id, "weight": cfg.cache_weight}}
-    task = CamTask(cams, str(index.path), splits, str(ctx.path(artifacts.DIFFUSION)), cache, cfg.cache_weight,
-                   cfg.batch_images)
-    store, report = ctx.images(task, ctx.path(artifacts.CAMS), ids=ids, specs=[ArraySpec("cams", (C, side, side), "float16")],
-                               files=[FileSpec("label", str(ctx.path(artifacts.PSEUDO_LABELS)))], key=stamp["fingerprint"],
+    stamp = ctx.stamp(exclude=EVAL_ONLY, inputs=inputs, clip_weights=cams.weights)
+    task = CamTask(cams, str(index.path), splits, str(ctx.path(artifacts.DIFFUSION)), cache=cache)
+    attrs = {**stamp, **task.attrs(index, maps), "cache": {"fingerprint": cache_id, "weight": cfg.cache_weight}}
+    store, report = ctx.images(task, ctx.path(artifacts.CAMS), ids=index.ids_of(splits), specs=task.specs(maps),
+                               files=task.files(ctx.path(artifacts.PSEUDO_LABELS)), key=stamp["fingerprint"],
                                attrs=attrs, shard_images=cfg.shard_images, desc="cams")
-    return {"images": len(ids), "computed": report.computed}
+    return {"images": len(store.ids()), "computed": report.computed}
 
 
 @click.command("cams")

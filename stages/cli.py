@@ -1,23 +1,19 @@
-"""The `diclip` command: one subcommand per DVC stage, plus utilities."""
+"""The `diclip` command: one subcommand per DVC stage, plus utilities.
+
+The command table: the one module in stages/ that imports the stage modules (no stage imports another;
+tests/test_layers.py checks it). `STAGES` is the pipeline in order, from which dvc.yaml is generated.
+"""
 
 from __future__ import annotations
 
 import click
 
-from stages.common import setup_logging
-from stages.cams import cams_command
-from stages.diffusion_attention import diffusion_attention_command
-from stages.eval_cams import eval_cams_command
-from stages.evaluate import evaluate_command, predict_command
-from stages.report import report_command
-from stages.train import train_command
-from stages.tsa_adapt import tsa_adapt_command
-from stages.tsa_cache import tsa_cache_command
-from stages.params_cmd import params_group
-from stages.prepare import prepare_command
-from stages.pretrain_clip import pretrain_clip_command
-from stages.pretrain_sd import pretrain_sd_command
-from stages.shapes import shapes_group
+from pipeline.command import setup_logging
+from stages import (cams, diffusion_attention, eval_cams, evaluate, params_cmd, predict, prepare, pretrain_clip,
+                    pretrain_sd, report, shapes, train, tsa_adapt, tsa_cache)
+
+#: the DVC stages, in pipeline order
+STAGES = (shapes, prepare, diffusion_attention, tsa_cache, cams, eval_cams, tsa_adapt, train, evaluate, report)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -39,20 +35,20 @@ def main(verbose: int, quiet: bool) -> None:
     setup_logging(-1 if quiet else verbose)
 
 
-main.add_command(shapes_group)
-shapes_group.add_command(pretrain_clip_command)
-shapes_group.add_command(pretrain_sd_command)
-main.add_command(prepare_command)
-main.add_command(diffusion_attention_command)
-main.add_command(tsa_cache_command)
-main.add_command(cams_command)
-main.add_command(eval_cams_command)
-main.add_command(tsa_adapt_command)
-main.add_command(train_command)
-main.add_command(evaluate_command)
-main.add_command(predict_command)
-main.add_command(report_command)
-main.add_command(params_group)
+main.add_command(shapes.shapes_group)
+shapes.shapes_group.add_command(pretrain_clip.pretrain_clip_command)
+shapes.shapes_group.add_command(pretrain_sd.pretrain_sd_command)
+main.add_command(prepare.prepare_command)
+main.add_command(diffusion_attention.diffusion_attention_command)
+main.add_command(tsa_cache.tsa_cache_command)
+main.add_command(cams.cams_command)
+main.add_command(eval_cams.eval_cams_command)
+main.add_command(tsa_adapt.tsa_adapt_command)
+main.add_command(train.train_command)
+main.add_command(evaluate.evaluate_command)
+main.add_command(predict.predict_command)
+main.add_command(report.report_command)
+main.add_command(params_cmd.params_group)
 
 if __name__ == "__main__":
     main()

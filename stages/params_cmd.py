@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stages.common import friendly_errors, params_option
+from pipeline.command import friendly_errors, params_option
 
 
 @click.group("params")

@@ -1,58 +1,21 @@
 """Stage `prepare`: validate every image of the train and eval splits and write the dataset index that
-every later stage reads (layout: pipeline.store.dataset_index)."""
+every later stage reads (layout: pipeline/store/dataset_index.py)."""
 
 from __future__ import annotations
 
-import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from pipeline import artifacts
+from pipeline.command import artifact_options
 from pipeline.skeleton import StageContext, StageSpec, run_stage
-from stages.common import artifact_options
 
 log = logging.getLogger(__name__)
 
-SPEC = StageSpec(name="prepare", module=__name__, params=("dataset", "prepare"), outputs=(artifacts.INDEX,),
-                 worker_imports=("pipeline.data.decode",))
-
-
-def record_specs(num_classes: int):
-    """The arrays stored per image: multi-hot labels, (height, width), sha256 of the image and mask files."""
-    from pipeline.store.image_store import ArraySpec
-
-    return (ArraySpec("labels", (num_classes,), "uint8"), ArraySpec("size", (2,), "int32"),
-            ArraySpec("digest", (32,), "uint8"))
-
-
-@dataclass(frozen=True)
-class ValidateTask:
-    """Runner task: open the split once per worker, then validate images by id."""
-
-    kind: str
-    root: str
-    split: str
-    class_names_file: str | None = None
-
-    def build(self):
-        from pipeline.data.indexing import record_arrays
-
-        dataset = _dataset(self)
-        return lambda image_id: record_arrays(dataset.validate(image_id))
-
-    def input_digest(self, image_id: str) -> bytes:
-        return _dataset(self).digest(image_id)
-
-
-@functools.lru_cache(maxsize=8)
-def _dataset(task: ValidateTask):
-    """The split, opened once per process (its split list is read once, not once per image)."""
-    from pipeline.data.datasets import open_dataset
-
-    return open_dataset(task.kind, task.root, task.split, class_names_file=task.class_names_file)
+SPEC = StageSpec(name="prepare", module=__name__, command="prepare", params=("dataset", "prepare"),
+                 outputs=(artifacts.INDEX,), extra_deps=("${dataset.root}",), worker_imports=("pipeline.data.decode",))
 
 
 def body(ctx: StageContext) -> dict[str, int]:
@@ -60,6 +23,7 @@ def body(ctx: StageContext) -> dict[str, int]:
     from pipeline.data.datasets import open_dataset
     from pipeline.runner import ImageFailures
     from pipeline.store import dataset_index
+    from pipeline.tasks.prepare import ValidateTask, record_specs
 
     ds, cfg, out = ctx.params.dataset, ctx.params.prepare, ctx.path(artifacts.INDEX)
     splits = list(dict.fromkeys([ds.train_split, ds.eval_split]))

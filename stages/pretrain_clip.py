@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from pathlib import Path
 
 import click
 
-from stages.common import friendly_errors
+from pipeline.command import friendly_errors
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,9 @@ def pretrain_clip_command(out: Path | None, model_name: str, seed: int, world_se
     given_out, out = out, TINY_CLIP_DIR if out is None else out
     sizes = {k: v for k, v in {"n_tune": n_tune, "n_test": n_test}.items() if v is not None}
     if eval_only is not None:
-        _evaluate_only(eval_only, model_name, world_seed, sizes, threads, metrics_out, progress)
+        from pipeline.tiny.eval_clip import evaluate_checkpoint, summary
+
+        click.echo(summary(evaluate_checkpoint(eval_only, model_name, world_seed, sizes, threads, metrics_out, progress)))
         return
     if steps is not None and minutes is not None:
         raise click.UsageError("give either --steps or --minutes, not both")
@@ -82,39 +83,9 @@ def pretrain_clip_command(out: Path | None, model_name: str, seed: int, world_se
     manifest = train_clip(config, out, progress=progress, command=command)
     click.echo(f"wrote {out} ({manifest['training']['steps']} steps, {manifest['training']['train_wall_time_s']:.0f} s)")
     if "metrics" in manifest:
-        click.echo(_summary(manifest["metrics"]))
+        from pipeline.tiny.eval_clip import summary
 
-
-def _evaluate_only(path: Path, model_name: str, world_seed: int, sizes: dict[str, int], threads: int,
-                   metrics_out: Path | None, progress: bool) -> None:
-    import torch
-
-    from pipeline.models import load_clip
-    from pipeline.tiny.eval_clip import ClipEvalConfig, evaluate_clip
-    from pipeline.tiny.manifest import MANIFEST_NAME
-    from pipeline.tiny.train_clip import CHECKPOINT_NAME
-
-    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
-    manifest = checkpoint.parent / MANIFEST_NAME
-    eval_config = ClipEvalConfig(world_seed=world_seed, **sizes)
-    if manifest.is_file():  # evaluate as the checkpoint was evaluated when it was trained
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-        model_name = record.get("model_name", model_name)
-        saved = record.get("config", {}).get("eval")
-        if saved:
-            eval_config = ClipEvalConfig(**{**saved, "thresholds": tuple(saved["thresholds"]),
-                                            "world_seed": world_seed, **sizes})
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        loaded = load_clip(model_name, str(checkpoint), device="cpu")
-        metrics = evaluate_clip(loaded.model, loaded.tokenizer, eval_config, model_name=model_name, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
-    if metrics_out is not None:
-        metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        metrics_out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    click.echo(_summary(metrics))
+        click.echo(summary(manifest["metrics"]))
 
 
 def _command_line(**options) -> str:
@@ -126,25 +97,9 @@ def _command_line(**options) -> str:
     return shlex.join(parts)
 
 
-def _summary(metrics: dict) -> str:
-    auc = metrics["presence_auc"]
-    cam = metrics["cam"]
-    lines = [
-        f"presence AUC (test): mean {auc['mean']:.4f}  "
-        + " ".join(f"{k} {v:.3f}" for k, v in auc["per_class"].items()),
-        f"surgery-CAM mIoU (test): {cam['miou']:.4f} at background threshold {cam['bg_threshold']:.2f} "
-        f"(tune {cam['tune_miou']:.4f}; {cam['surgery_blocks']} surgery blocks, class-token weighting "
-        f"{'on' if cam['cls_weighting'] else 'off'})",
-        f"baselines: all-background {metrics['baselines']['all_background_miou']:.4f}",
-    ]
-    if "random_init" in metrics["baselines"]:
-        lines[-1] += f", random-init CAM {metrics['baselines']['random_init']['miou']:.4f}"
-    return "\n".join(lines)
-
-
 def main() -> None:
     """``python -m stages.pretrain_clip``: the command with the CLI's logging set up."""
-    from stages.common import setup_logging
+    from pipeline.command import setup_logging
 
     setup_logging(0)
     pretrain_clip_command()

@@ -10,13 +10,9 @@ import json
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import click
-
-logger = logging.getLogger(__name__)
-
 
 @click.command("pretrain-sd")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -66,8 +62,9 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
     import torch
 
     from pipeline.models import TINY_CLIP_DIR, TINY_SD_DIR
+    from pipeline.tiny.eval_sd import evaluate_shipped
     from pipeline.tiny.manifest import manifest_path, read_manifest, write_manifest
-    from pipeline.tiny.train_sd import SDPretrainConfig, train_sd
+    from pipeline.tiny.train_sd import SDPretrainConfig, reproduce_command, train_sd
 
     given_out, out = out, TINY_SD_DIR if out is None else out
     clip_dir = TINY_CLIP_DIR if clip_dir is None else clip_dir
@@ -75,7 +72,7 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
     logging.getLogger("pipeline").setLevel(logging.INFO)
     if eval_only is not None:
         record = read_manifest(eval_only) if manifest_path(eval_only).is_file() else {}
-        record["metrics"] = _evaluate(eval_only, eval_scenes, samples_per_class, clip_dir, clip_wait)
+        record["metrics"] = evaluate_shipped(eval_only, eval_scenes, samples_per_class, clip_dir, clip_wait)
         write_manifest(eval_only, record)
         click.echo(json.dumps(record["metrics"]["summary"], indent=1))
         return
@@ -102,55 +99,15 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
         raise click.UsageError(str(err)) from None
     record = train_sd(config, out, progress=True)
     record["command"] = _command_line()
-    record["reproduce"] = shlex.join(["python", "-m", "stages.pretrain_sd"]  # no --out: the shipped directory
-                                     + (["--out", str(given_out)] if given_out is not None else [])
-                                     + ["--seed", str(seed), "--tiny-config", config.tiny_config,
-                                        "--vae-steps", str(record["vae"]["steps"]),
-                                        "--unet-steps", str(record["unet"]["steps"])]
-                                     + (["--scenes", str(scenes)] if scenes is not None else [])
-                                     + (["--single-scenes", str(single_scenes)] if single_scenes is not None else []))
+    record["reproduce"] = reproduce_command(record, config, out=given_out, scenes=scenes, single_scenes=single_scenes)
     record["torch_threads"] = threads
     if do_eval:
-        record["metrics"] = _evaluate(out, eval_scenes, samples_per_class, clip_dir, clip_wait)
+        record["metrics"] = evaluate_shipped(out, eval_scenes, samples_per_class, clip_dir, clip_wait)
     write_manifest(out, record)
     click.echo(f"wrote {out} (vae {record['vae']['steps']} steps, unet {record['unet']['steps']} steps, "
                f"{record['total_wall_s']:.0f}s)")
     if do_eval:
         click.echo(json.dumps(record["metrics"]["summary"], indent=1))
-
-
-def _evaluate(path: Path, eval_scenes: int, samples_per_class: int, clip_dir: Path, clip_wait: float) -> dict:
-    """Reload the pipeline from ``path`` (as every user will) and run the evaluation."""
-    from pipeline.models import load_shipped_clip, load_stable_diffusion
-    from pipeline.tiny.eval_sd import SDEvalConfig, evaluate_sd
-    from pipeline.tiny.manifest import manifest_path
-
-    pipe = load_stable_diffusion(path, device="cpu", precision="fp32")
-    clip = None
-    deadline = time.monotonic() + 60.0 * clip_wait
-    while not manifest_path(clip_dir).is_file() and time.monotonic() < deadline:
-        logger.info("waiting for the tiny CLIP at %s", clip_dir)
-        time.sleep(min(120.0, max(1.0, deadline - time.monotonic())))
-    if manifest_path(clip_dir).is_file():
-        clip = load_shipped_clip(clip_dir)
-    else:
-        logger.warning("no tiny CLIP at %s: the sample metric is skipped", clip_dir)
-    config = SDEvalConfig(n_scenes=eval_scenes, samples_per_class=samples_per_class)
-    t0 = time.perf_counter()
-    metrics = evaluate_sd(pipe, config, clip=clip, samples_png=path / "samples.png" if clip is not None else None)
-    metrics["wall_s"] = round(time.perf_counter() - t0, 1)
-    metrics["clip"] = None if clip is None else {"dir": str(clip_dir), "model": clip.model_name,
-                                                 "checkpoint": clip.pretrained}
-    attn = metrics["attention_clusters"]
-    metrics["summary"] = {
-        "attention_iou_trained": attn["best"]["trained"],
-        "attention_iou_untrained": attn["best"].get("untrained"),
-        "attention_iou_acr": attn.get("acr"),
-        "colour_kmeans_best": max(attn["colour_kmeans"].values()) if "colour_kmeans" in attn else None,
-        "sample_accuracy": None if clip is None else metrics["samples"]["mean"],
-        "vae_l1_255": metrics["vae_l1_255"],
-    }
-    return metrics
 
 
 def _command_line() -> str:
@@ -160,7 +117,7 @@ def _command_line() -> str:
 
 
 if __name__ == "__main__":
-    from stages.common import setup_logging
+    from pipeline.command import setup_logging
 
     setup_logging(0)
     pretrain_sd_command()

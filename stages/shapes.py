@@ -10,10 +10,10 @@ import click
 
 from pipeline import artifacts
 from pipeline.skeleton import StageContext, StageSpec, run_stage
-from stages.common import artifact_options
+from pipeline.command import artifact_options
 
-SPEC = StageSpec(name="shapes_world", module=__name__, params=("shapes.seed", "shapes.splits", "shapes.world"),
-                 outputs=(artifacts.SHAPES,))
+SPEC = StageSpec(name="shapes_world", module=__name__, command="shapes generate",
+                 params=("shapes.seed", "shapes.splits", "shapes.world"), outputs=(artifacts.SHAPES,))
 
 
 @click.group("shapes")

@@ -34,3 +34,16 @@ def inputs(pipe):
 
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     return latents, encode_prompt(pipe, "")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_written_into_the_checkout():
+    """Tests write into their own temporary folders: a stage run that forgot a path option would write its
+    default path under the checkout's artifacts/ (and hide there between runs)."""
+    from pathlib import Path
+
+    artifacts = Path(__file__).resolve().parent.parent / "artifacts"
+    before = sorted(p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*")) if artifacts.exists() else []
+    yield
+    after = sorted(p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*")) if artifacts.exists() else []
+    assert after == before, f"a test wrote into the checkout's artifacts/: {sorted(set(after) - set(before))[:5]}"

@@ -7,9 +7,10 @@ from dataclasses import FrozenInstanceError, replace
 import numpy as np
 import pytest
 
-from pipeline.diffusion.acr import ACRConfig, acr, anchor_indices, merge_proposals, symmetric_kl
+from pipeline.diffusion.acr import acr, anchor_indices, merge_proposals, symmetric_kl
+from pipeline.diffusion.config import AcrConfig
 
-ACR = ACRConfig(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
+ACR = AcrConfig(anchor_grid=16, merge_kl=0.9, merge_rounds=3, max_clusters=16, kmeans_iters=10)
 
 
 def planted_partition(h: int = 16, w: int = 16) -> np.ndarray:
@@ -120,21 +121,18 @@ def test_acr_rejects_a_wrong_shape():
         acr(np.ones((100, 100)), 16, ACR)
 
 
-def test_acr_config_defaults_validation_and_reading_from_params():
-    from pipeline.params.sections import AcrRecipeParams  # the recipe's params: same defaults
+def test_acr_config_is_the_params_section_and_validates():
+    from pipeline.params.sections import DiffusionAttentionParams
 
-    assert ACRConfig() == ACRConfig(anchor_grid=16, merge_kl=0.005, merge_rounds=3, max_clusters=16, kmeans_iters=10)
-    assert ACRConfig.from_fields(AcrRecipeParams()) == ACRConfig()
-    assert ACRConfig.from_fields(AcrRecipeParams(max_clusters=12, merge_kl=0.5)) == \
-        ACRConfig(max_clusters=12, merge_kl=0.5)
+    assert DiffusionAttentionParams().acr == AcrConfig()  # the params' diffusion_attention.acr is the config
     for field, bad in [("merge_kl", 0.0), ("merge_kl", -1.0), ("merge_kl", float("nan")), ("anchor_grid", 0),
                        ("merge_rounds", -1), ("max_clusters", 0), ("kmeans_iters", -1), ("max_clusters", 2.5),
                        ("anchor_grid", True)]:
-        with pytest.raises(ValueError, match=rf"^{field} must be .*, got {bad!r}$"):
-            ACRConfig(**{field: bad})
+        with pytest.raises(ValueError, match=rf"^{field} must (be|lie in) .*, got {bad!r}$"):
+            AcrConfig(**{field: bad})
     with pytest.raises(FrozenInstanceError):
         ACR.merge_kl = 0.1  # type: ignore[misc]
-    with pytest.raises(TypeError, match="config must be an ACRConfig, got dict"):
+    with pytest.raises(TypeError, match="config must be an AcrConfig, got dict"):
         acr(np.full((64, 64), 1 / 64), 8, dict(anchor_grid=16, merge_kl=0.9))  # type: ignore[arg-type]
 
 

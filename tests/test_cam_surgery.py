@@ -9,20 +9,10 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from PIL import Image
 
-from pipeline.cam import (
-    cams_to_image,
-    class_prompts,
-    encode_class_prompts,
-    encode_prompts,
-    feature_surgery,
-    labels_from_cams,
-    presence_scores,
-    resize_pos_embed,
-    surgery_cams,
-    surgery_forward,
-    text_cams,
-    to_clip_input,
-)
+from pipeline.cam.images import presence_scores, surgery_cams, to_clip_input
+from pipeline.cam.surgery import resize_pos_embed, surgery_forward
+from pipeline.cam.text import class_prompts, encode_class_prompts, encode_prompts
+from pipeline.cam.text_cam import cams_to_image, feature_surgery, labels_from_cams, text_cams
 from pipeline.models import load_clip
 
 TINY_CLIP = "diclip-tiny-vit-p8-64"

@@ -8,6 +8,7 @@ for the kill test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.kill_run import run_killed_after
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL = 8, 6
+NORM = ((128.0,) * 3, (64.0,) * 3)  # a planted CLIP input normalisation (mean, std on the 0-255 scale)
 CAMS = {"clip_size": 64, "normalise": "model", "template": "a photo of a {}.", "prompt_names_file": None,
         "background_words_file": "pipeline/data/words/shapes_background.txt", "shard_images": 4, "cache_weight": 0.0}
 
@@ -36,7 +38,7 @@ def params(runner=None, **cams):
 def world(tmp_path_factory):
     """A shapes world, its index, and stage A on it with the untrained tiny SD."""
     from pipeline.data.shapes import generate_dataset
-    from pipeline.data.shapes_config import ShapesConfig
+    from pipeline.data.config import ShapesConfig
     from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
     from stages import diffusion_attention, prepare
     from tests.test_diffusion_stage import TINY
@@ -50,7 +52,8 @@ def world(tmp_path_factory):
     run_stage(diffusion_attention.SPEC, diffusion_attention.body,
               params=parse_params({"diffusion_attention": {**TINY, "eval_images": 0}, "runner": {"in_process": True},
                                    "models": {"sd": {"model": str(root / "sd")}, "device": "cpu"}}),
-              paths={"index": root / "index", "diffusion": root / "diffusion.zarr", "diffusion_metric": root / "d.json"})
+              paths={"index": root / "index", "diffusion": root / "diffusion.zarr", "diffusion_metric": root / "d.json",
+                     "diffusion_detail": root / "d_detail.json"})
     return {"root": root, "index": root / "index", "diffusion": root / "diffusion.zarr"}
 
 
@@ -82,7 +85,7 @@ def finished(world):
 
 def test_store_labels_and_metric(world, finished):
     from pipeline.cam.pseudo_labels import label_from_cams
-    from pipeline.metrics import confusion_matrix, iou_from_confusion
+    from tests.numpy_scores import numpy_confusion, numpy_miou
     from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.image_store import ImageStore
 
@@ -112,36 +115,41 @@ def test_store_labels_and_metric(world, finished):
         np.testing.assert_array_equal(label, label_from_cams(cams, present, mask.shape, 0.6))
         assert set(np.unique(label)) <= {0, *(np.flatnonzero(present) + 1)}
         if image_id.startswith("train"):
-            conf += confusion_matrix(label, mask, K)
-    metric, _ = run_stage(eval_cams.SPEC, eval_cams.body, params=params(bg_threshold=0.6),
-                          paths={"index": world["index"], "cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels",
-                                 "cams_metric": out / "cams.json"})
-    assert metric["split"] == "train" and metric["images"] == N_TRAIN
-    assert metric["miou"] == pytest.approx(float(np.nanmean(iou_from_confusion(conf))))
-    assert metric["background"]["chosen_on"] == "val" and set(metric["background"]["sweep_miou_on_chosen_split"]) == \
-        {"1 - max", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
-    assert json.loads((out / "cams.json").read_text()) == metric
+            conf += numpy_confusion(label, mask, K)
+    (metric, detail), _ = run_stage(eval_cams.SPEC, eval_cams.body, params=params(bg_threshold=0.6),
+                                    paths={"index": world["index"], "cams": out / "cams.zarr",
+                                           "pseudo_labels": out / "pseudo_labels", "cams_metric": out / "cams.json",
+                                           "cams_detail": out / "cams_detail.json"})
+    assert detail["split"] == "train" and detail["images"] == N_TRAIN
+    assert metric["miou"] == pytest.approx(numpy_miou(conf))  # an independent confusion, not torchmetrics
+    assert detail["background"]["score"] == 0.6 and detail["background"]["chosen_on"] == "val"
+    assert set(detail["background"]["sweep_miou_on_chosen_split"]) == {"1 - max", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
+    assert json.loads((out / "cams.json").read_text()) == metric == {"miou": metric["miou"],
+                                                                      "pixel_accuracy": metric["pixel_accuracy"]}
+    assert json.loads((out / "cams_detail.json").read_text()) == detail
 
 
 def test_zero_correlation_equals_vce_off_and_the_stored_r_changes_the_cams(world, tiny):
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.config import CamConfig
+    from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.store.diffusion_maps import DiffusionMaps
 
     clip, index, text = tiny
     image_id = index.ids("train")[0]
     image = index.images(["train"]).load_image(image_id)
     present = index.labels("train")[0].astype(bool)
-    cfg = dict(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False)
+    cfg = dict(clip_size=64, refine=False, rar=False)
     r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
-    on = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=True))
-    off = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=False))
+    on = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=True), NORM)
+    off = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(**cfg, vce=False), NORM)
     np.testing.assert_array_equal(on(image, present, np.zeros_like(r), None)["cams"], off(image, present, r, None)["cams"])
     assert not np.array_equal(on(image, present, r, None)["cams"], off(image, present, r, None)["cams"])
 
 
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 1.5)])
 def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, tiny, scales):
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.config import CamConfig
+    from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.store.diffusion_maps import DiffusionMaps
 
     clip, index, text = tiny
@@ -151,24 +159,24 @@ def test_flip_averaged_cams_of_a_mirrored_image_are_the_mirrored_cams(world, tin
     r = DiffusionMaps.open(world["diffusion"]).correlation(image_id)
     perm = np.arange(64).reshape(8, 8)[:, ::-1].reshape(-1)
     fn = ImageCams(clip.model.visual, text, len(index.class_names),
-                   CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False,
-                             scales=scales, flip=True))
+                   CamConfig(clip_size=64, refine=False, rar=False, scales=scales, flip=True), NORM)
     cams = fn(image, present, r, None)["cams"].astype(np.float32)
     mirrored = fn(np.ascontiguousarray(image[:, ::-1]), present, r[perm][:, perm], None)["cams"].astype(np.float32)
     np.testing.assert_allclose(mirrored, cams[:, :, ::-1], atol=2e-3)  # fp16 storage
-    plain = ImageCams(clip.model.visual, text, len(index.class_names),
-                      CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False))
+    plain = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(clip_size=64, refine=False, rar=False),
+                      NORM)
     assert not np.allclose(plain(image, present, r, None)["cams"].astype(np.float32), cams, atol=2e-3)
 
 
 def test_an_image_without_classes_gets_zero_cams_on_the_output_grid(world, tiny):
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.config import CamConfig
+    from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.store.diffusion_maps import DiffusionMaps
 
     clip, index, text = tiny
     image_id = index.ids("train")[0]
     maps = DiffusionMaps.open(world["diffusion"])
-    fn = ImageCams(clip.model.visual, text, 7, CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3))
+    fn = ImageCams(clip.model.visual, text, 7, CamConfig(clip_size=64), NORM)
     out = fn(index.images(["train"]).load_image(image_id), np.zeros(7, bool), maps.correlation(image_id),
              maps.transition(image_id))
     assert out["cams"].shape == (7, 16, 16) and not out["cams"].any() and not out["label"].any()
@@ -208,7 +216,7 @@ def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_pat
     ref, _ = finished
     run_killed_after(["-m", "tests.test_cams_stage", str(tmp_path), str(world["index"]), str(world["diffusion"])], images=5)
     store = ImageStore.open(tmp_path / "cams.zarr", require_complete=False)
-    assert not store.attrs["complete"] and int(store.done().sum()) + len(store.staged_indices()) == 5
+    assert not store.attrs["complete"] and int(store.done().sum()) + sum(store.load_staged(i) is not None for i in range(store.n_images)) == 5
     _, resumed = run(world, tmp_path, runner={"n_workers": 2}, bg_threshold=0.6)
     assert (resumed.computed, resumed.reused) == (N_TRAIN + N_VAL - 5, 5)
     a, b = ImageStore.open(tmp_path / "cams.zarr"), ImageStore.open(ref / "cams.zarr")
@@ -254,13 +262,15 @@ if __name__ == "__main__":
 
 
 def test_cache_weight_zero_is_the_text_cam_and_a_planted_cache_is_fused_by_minmax(world, tiny):
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.config import CamConfig
+    from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.cam.text_cam import fuse_cache
 
     clip, index, text = tiny
     image = index.images(["train"]).load_image(index.ids("train")[0])
     present = np.ones(len(index.class_names), bool)
-    cfg = CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, refine=False, rar=False, vce=False)
+    cfg = CamConfig(clip_size=64, refine=False, rar=False, vce=False)
+    weighted = lambda w: dataclasses.replace(cfg, cache_weight=w)  # noqa: E731
     C, g = len(index.class_names), 8
     planted = torch.zeros(1, C, g * g)
     planted[0, :, 5] = 1.0  # the cache votes for patch 5 for every class
@@ -270,21 +280,22 @@ def test_cache_weight_zero_is_the_text_cam_and_a_planted_cache_is_fused_by_minma
         seen.append(tokens.shape)
         return planted.expand(tokens.shape[0], -1, -1)
 
-    base = ImageCams(clip.model.visual, text, C, cfg)(image, present, None, None)["cams"]
-    zero = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=0.0)(image, present, None, None)["cams"]
+    base = ImageCams(clip.model.visual, text, C, weighted(0.0), NORM)(image, present, None, None)["cams"]
+    zero = ImageCams(clip.model.visual, text, C, weighted(0.0), NORM, cache=cache)(image, present, None, None)["cams"]
     np.testing.assert_array_equal(zero, base)
     assert not seen  # weight 0 never asks the cache
-    half = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=0.5)(image, present, None, None)["cams"]
+    half = ImageCams(clip.model.visual, text, C, weighted(0.5), NORM, cache=cache)(image, present, None, None)["cams"]
     assert seen == [(1, 1 + g * g, text.shape[1])]  # (flips, class token + patches, features)
     rank = (half.reshape(C, -1) > half.reshape(C, -1)[:, 5:6]).sum(1)
     assert (rank <= (base.reshape(C, -1) > base.reshape(C, -1)[:, 5:6]).sum(1)).all() and not np.array_equal(half, base)
-    strong = ImageCams(clip.model.visual, text, C, cfg, cache=cache, cache_weight=1e4)(image, present, None, None)["cams"]
+    strong = ImageCams(clip.model.visual, text, C, weighted(1e4), NORM, cache=cache)(image, present, None, None)["cams"]
     np.testing.assert_allclose(strong.astype(np.float32).reshape(C, -1), planted[0].numpy(), atol=2e-3)  # minmax(w cache + text)
     torch.testing.assert_close(fuse_cache(torch.ones(2, 3), torch.rand(2, 3), 0.0), torch.ones(2, 3))
 
 
 def test_a_batch_of_images_gives_each_images_own_result(world, tiny):
-    from pipeline.cam.pseudo_labels import CamConfig, ImageCams
+    from pipeline.cam.config import CamConfig
+    from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.store.diffusion_maps import DiffusionMaps
 
     clip, index, text = tiny
@@ -293,8 +304,8 @@ def test_a_batch_of_images_gives_each_images_own_result(world, tiny):
     presents = [row.astype(bool) for row in index.labels("train")[:3]]
     maps = DiffusionMaps.open(world["diffusion"])
     rs, ps = [maps.correlation(i) for i in ids], [maps.transition(i) for i in ids]
-    fn = ImageCams(clip.model.visual, text, len(index.class_names),
-                   CamConfig(clip_size=64, mean_255=(128.0,) * 3, std_255=(64.0,) * 3, flip=True, box_threshold=0.7))
+    fn = ImageCams(clip.model.visual, text, len(index.class_names), CamConfig(clip_size=64, flip=True, box_threshold=0.7),
+                   NORM)
     together = fn.batch(images, presents, rs, ps)
     for n in range(3):
         alone = fn(images[n], presents[n], rs[n], ps[n])
@@ -311,13 +322,13 @@ def test_par_snaps_a_blurred_cam_to_the_colour_edge_and_the_ignore_band_leaves_p
     cams = np.zeros((2, 32, 32), dtype=np.float16)
     cams[0, :, :20] = 1.0  # the object's CAM spills 4 columns past the colour edge
     present = np.array([True, False])
-    plain = LabelRule(bg_threshold=0.5, guide_size=32)(cams, present, image)
+    plain = LabelRule(32, *NORM, bg_threshold=0.5, par_iterations=0, ignore_band=None)(cams, present, image)
     assert (plain[:, :19] == 1).all() and (plain[:, 21:] == 0).all()  # the spill is labelled object
-    snapped = LabelRule(bg_threshold=0.5, par_iterations=20, guide_size=32)(cams, present, image)
+    snapped = LabelRule(32, *NORM, bg_threshold=0.5, par_iterations=20, ignore_band=None)(cams, present, image)
     assert (snapped[:, :16] == 1).all() and (snapped[:, 16:] == 0).all()
-    band = LabelRule(bg_threshold=0.5, ignore_band=(0.2, 0.8), guide_size=32)(cams, present, image)
+    band = LabelRule(32, *NORM, bg_threshold=0.5, par_iterations=0, ignore_band=(0.2, 0.8))(cams, present, image)
     ramp = np.linspace(0, 1, 32, dtype=np.float32)
-    ramped = LabelRule(bg_threshold=0.1, ignore_band=(0.2, 0.8), guide_size=32)(
+    ramped = LabelRule(32, *NORM, bg_threshold=0.1, par_iterations=0, ignore_band=(0.2, 0.8))(
         np.broadcast_to(ramp, (2, 32, 32)).astype(np.float16), present, image)
     assert (band != 255).all()  # a step CAM has no pixel inside the band
     assert ((ramped == 255) == ((ramp > 0.2) & (ramp <= 0.8))[None].repeat(32, 0)).mean() > 0.9

@@ -37,10 +37,16 @@ def params(model, runner=None, **overrides):
     })
 
 
+def stage_paths(index, out: Path) -> dict:
+    return {"index": index, "diffusion": out, "diffusion_metric": out.with_suffix(".json"),
+            "diffusion_detail": out.with_suffix(".detail.json")}
+
+
 def run(world, out: Path, runner=None, **overrides):
-    metric, summary = run_stage(stage.SPEC, stage.body, params=params(world["model"], runner, **overrides),
-                                paths={"index": world["index"], "diffusion": out, "diffusion_metric": out.with_suffix(".json")})
-    return metric, summary
+    """(the metric's detail, summary): the detail holds every figure, the headline a few of them."""
+    (_, detail), summary = run_stage(stage.SPEC, stage.body, params=params(world["model"], runner, **overrides),
+                                     paths=stage_paths(world["index"], out))
+    return detail, summary
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,7 @@ def world(tmp_path_factory):
     import torch
 
     from pipeline.data.shapes import generate_dataset
-    from pipeline.data.shapes_config import ShapesConfig
+    from pipeline.data.config import ShapesConfig
     from pipeline.models import build_tiny_stable_diffusion, load_tiny_sd_config
     from stages import prepare
 
@@ -117,7 +123,10 @@ def test_store_layout_attributes_and_metric(world, finished):
     assert {"acr_best_match_iou", "untrained_unet_best_match_iou"} <= set(metric)
     kept = maps.store.read("transition_kept")
     assert metric["transition_kept_mass"] == pytest.approx(float(kept.mean())) and 0 < metric["transition_kept_mass"] <= 1
-    assert json.loads(out.with_suffix(".json").read_text()) == metric
+    assert json.loads(out.with_suffix(".detail.json").read_text()) == metric
+    assert json.loads(out.with_suffix(".json").read_text()) == {  # the headline numbers
+        "best_match_iou": metric["diclip_best_match_iou"], "best_match_ceiling": metric["mask_at_grid_best_match_iou"],
+        "kept_mass": metric["transition_kept_mass"]}
 
 
 def test_finished_store_is_kept_and_params_change_recomputes(world, finished, tmp_path):
@@ -184,7 +193,7 @@ def test_resume_after_kill_computes_only_missing_images(world, finished, tmp_pat
     run_killed_after(["-m", "tests.test_diffusion_stage", str(out), str(world["index"]), str(world["model"])], images=5)
     store = ImageStore.open(out, require_complete=False)
     assert not store.attrs["complete"]
-    durable = int(store.done().sum()) + len(store.staged_indices())
+    durable = int(store.done().sum()) + sum(store.load_staged(i) is not None for i in range(store.n_images))
     assert durable == 5  # in process: exactly the images staged before the kill
 
     _, resumed = run(world, out, runner={"n_workers": 2}, eval_images=0)
@@ -228,7 +237,7 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
 
     first = run(["dvc", "repro", "diffusion_attention"], repo)
     assert ran(first) == {"shapes_world", "prepare", "diffusion_attention"}
-    metric = json.loads((repo / "artifacts/metrics/diffusion_attention.json").read_text())
+    metric = json.loads((repo / "artifacts/metrics/diffusion_attention_detail.json").read_text())
     assert metric["images"] == 2
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == set()
 
@@ -242,5 +251,4 @@ def test_dvc_reruns_only_this_stage_when_its_params_change(world, tmp_path):
 # ------------------------------------------------------------------------------ kill-test script
 if __name__ == "__main__":
     out, index, model = sys.argv[1], sys.argv[2], sys.argv[3]
-    run_stage(stage.SPEC, stage.body, params=params(model, eval_images=0),
-              paths={"index": index, "diffusion": out, "diffusion_metric": Path(out).with_suffix(".json")})
+    run_stage(stage.SPEC, stage.body, params=params(model, eval_images=0), paths=stage_paths(index, Path(out)))

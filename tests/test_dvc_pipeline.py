@@ -18,7 +18,10 @@ CODE = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "p
 
 
 def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    """`cmd` in the copy `cwd` with the venv's commands, importing the copy's own code (not the checkout's
+    editable install), so an edit to the copy is what its stages run."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(cwd)}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -113,3 +116,51 @@ def test_a_tsa_param_reruns_the_cache_and_what_reads_it_never_stage_a(tmp_path):
     assert "artifacts/tsa_cache.h5" in stages["cams"]["deps"]
     assert not any(p.startswith("tsa_cache") for p in stages["diffusion_attention"]["params"])
     assert "artifacts/tsa_cache.h5" not in stages["diffusion_attention"]["deps"]
+
+
+# ------------------------------------------------------------------------------ provenance = what decides the bytes
+PLUMBING_EDITS = {  # file: (text to find, replacement): edits that change no result
+    "pipeline/runner.py": ("CHUNK_SECONDS = 0.5", "CHUNK_SECONDS = 0.5  # an edited comment"),
+    "pipeline/skeleton.py": ('"""One stage\'s declaration;', '"""One stage\'s declaration (edited);'),
+    "pipeline/params/sections.py": ('"""Stage report: which images the figure grids show."""',
+                                    '"""Stage report: which images the figure grids show (an edited docstring)."""'),
+    "pipeline/segment/config.py": ("affinity_radius: int = 8", "affinity_radius: int = 7"),  # a train default
+}
+
+
+def edit(repo: Path, path: str, old: str, new: str) -> None:
+    text = (repo / path).read_text()
+    assert old in text, f"{path} no longer holds {old!r}: update the test's edit"
+    (repo / path).write_text(text.replace(old, new, 1))
+
+
+def changed_stages(repo: Path) -> dict:
+    import json
+
+    return json.loads(run(["dvc", "status", "--json"], repo).strip().splitlines()[-1])
+
+
+def test_plumbing_edits_leave_stage_a_clean_and_reused_and_its_algorithm_reruns_it(tmp_path):
+    """Stage A's key is its params' resolved values, its algorithm code, its layouts and its inputs: edits to
+    the runner, the skeleton, a params docstring and another section's default leave `dvc status` clean for
+    it and its per-image resume reuses every image; an edit to its algorithm code reruns it."""
+    repo = copy_repo(tmp_path / "repo")
+    edit_params(repo, lambda p: (p["shapes"].update(splits={"train": 8, "val": 4}),
+                                 p["diffusion_attention"].update(eval_images=0), p["runner"].update(in_process=True)))
+    commit(repo)
+    assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"shapes_world", "prepare", "diffusion_attention"}
+    for path, (old, new) in PLUMBING_EDITS.items():
+        edit(repo, path, old, new)
+    run([sys.executable, "-m", "pipeline.dvcfile", "--write"], repo)  # the train default reaches defaults.yaml
+    status = changed_stages(repo)
+    assert not {"shapes_world", "prepare", "diffusion_attention"} & set(status), status
+    assert any("changed deps" in c and "pipeline/params/defaults.yaml" in c["changed deps"] for c in status["train"])
+    again = run(["diclip", "diffusion-attention"], repo)  # the stage itself, not DVC: every image is reused
+    assert "12 images (0 computed, 12 reused, 0 failed)" in again, again
+
+    edit(repo, "pipeline/diffusion/correlation.py", "EPS = 1e-5", "EPS = 1e-5  # an edit to stage A's algorithm")
+    status = changed_stages(repo)
+    assert {"pipeline/diffusion/correlation.py": "modified"} == \
+        next(c["changed deps"] for c in status["diffusion_attention"] if "changed deps" in c)
+    rerun = run(["dvc", "repro", "diffusion_attention"], repo)
+    assert ran(rerun) == {"diffusion_attention"} and "12 images (12 computed, 0 reused, 0 failed)" in rerun, rerun

@@ -81,11 +81,13 @@ def test_cam_path_matches_excel_stage_by_stage(model, image):
     from pipeline.cam.affinity import attention_affinity, box_mask, refine_cams
     from pipeline.cam.images import normalise_then_resize
     from pipeline.cam.par import par
+    from pipeline.models.clip import input_normalisation
     from pipeline.cam.surgery import surgery_forward
     from pipeline.cam.text_cam import text_cams
 
     ref = np.load(reference(f"{image}.npz"))
-    x = normalise_then_resize(ref["image_u8"], 320)
+    mean, std = input_normalisation("imagenet", "ViT-B-16-quickgelu", None)  # ExCEL's CLIP input: ImageNet's
+    x = normalise_then_resize(ref["image_u8"], 320, mean=mean, std=std)
     close("input", x, ref["input"], 1e-6)
     with torch.no_grad():
         out = surgery_forward(model.visual, torch.from_numpy(ref["input"]), surgery_blocks=SURGERY_BLOCKS,
@@ -109,7 +111,7 @@ def test_cam_path_matches_excel_stage_by_stage(model, image):
         cams = text_cams(prenorm, text, token_norm="token", cls_from_tokens=True, minmax_with_cls=True, eps=0.0)
         close(f"{variant}_cam_raw", cams[0, :20].T, ref[f"{variant}_cam_raw"], 5e-5)
         raw = cams[0, present]  # (K, 400)
-        masks = torch.from_numpy(np.stack([box_mask(c.reshape(GRID, GRID).numpy(), BOX_THRESHOLD) for c in raw]))
+        masks = torch.from_numpy(np.stack([box_mask(c.reshape(GRID, GRID).numpy(), BOX_THRESHOLD, exclusive_end=True) for c in raw]))
         assert np.array_equal(masks.numpy(), ref[f"{variant}_aff_mask"]), f"{variant}: box masks differ"
         refined = refine_cams(affinity, raw, masks.reshape(len(present), -1))
         close(f"{variant}_cam_refined", refined.reshape(-1, GRID, GRID), ref[f"{variant}_cam_refined"], 2e-6)

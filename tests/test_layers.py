@@ -1,6 +1,7 @@
 """The structure cannot rot: the import graph has no cycles between packages, algorithms import no I/O
-or pipeline plumbing, only the store and the runner touch zarr, HDF5 and dask, and every dvc.yaml stage
-lists exactly the code files its command imports, the params it reads and the artifacts it writes.
+or pipeline plumbing, tasks no scheduling, only the store and the runner touch zarr, HDF5 and dask, no
+stage imports another, config modules hold declarations only, and dvc.yaml and the defaults file are
+what the code generates (pipeline.dvcfile).
 
 Each rule is a function over a source tree, run here on the repo and on a tree with a planted
 violation (so the rule is shown to fail when it should)."""
@@ -17,9 +18,13 @@ import yaml
 from pipeline import codegraph
 
 ROOT = codegraph.REPO_ROOT
-ALGORITHMS = ("pipeline.diffusion", "pipeline.cam", "pipeline.tsa", "pipeline.segment")
+ALGORITHMS = ("pipeline.diffusion", "pipeline.cam", "pipeline.tsa", "pipeline.segment", "pipeline.report")
 PLUMBING = ("pipeline.params", "pipeline.runner", "pipeline.store", "pipeline.skeleton", "pipeline.provenance",
-            "pipeline.artifacts", "pipeline.codegraph", "pipeline.atomic", "stages")
+            "pipeline.artifacts", "pipeline.codegraph", "pipeline.atomic", "pipeline.command", "pipeline.dvcfile",
+            "pipeline.tasks", "stages")
+# tasks read stores and run algorithms; they never schedule, stamp or parse params
+TASKS_ONLY = {"pipeline.tasks": ("pipeline.params", "pipeline.runner", "pipeline.skeleton", "pipeline.provenance",
+                                 "pipeline.codegraph", "pipeline.command", "pipeline.dvcfile", "stages")}
 # model loading knows nothing of what uses the models
 LOADING_ONLY = {"pipeline.models": ("pipeline.tiny", "pipeline.diffusion", "pipeline.cam", "pipeline.data", "pipeline.metrics")}
 # algorithms take tensors, not models or datasets (class names are passed in)
@@ -83,7 +88,8 @@ def layer_violations(root: Path) -> list[str]:
         if mod.startswith(ALGORITHMS):
             bad = sorted(d for d in deps if d.startswith(PLUMBING))
             out += [f"{rel}: an algorithm module imports {d}" for d in bad]
-        for rules, what in ((LOADING_ONLY, "model loading"), (TENSORS_ONLY, "a tensors-only algorithm")):
+        for rules, what in ((LOADING_ONLY, "model loading"), (TENSORS_ONLY, "a tensors-only algorithm"),
+                            (TASKS_ONLY, "a task")):
             for owner, forbidden in rules.items():
                 if mod == owner or mod.startswith(owner + "."):
                     out += [f"{rel}: {what} module imports {d}" for d in sorted(deps) if d.startswith(forbidden)]
@@ -125,60 +131,104 @@ def test_the_rules_fail_on_planted_violations(tmp_path):
     assert any(set(c) >= {"pipeline.metrics", "pipeline.tiny"} for c in package_cycles(tree))
 
 
-# ------------------------------------------------------------------------------ dvc.yaml deps
-def stage_problems(root: Path) -> list[str]:
-    """What each dvc.yaml stage misses or lists in excess, against what its command imports and declares."""
+# ------------------------------------------------------------------------------ stages, configs, dvc.yaml
+def stage_imports(root: Path) -> list[str]:
+    """Imports of a stage module by another module of stages/ (but the command table, stages/cli.py),
+    scripts/ or bench/: stages are thin and share code only through pipeline/."""
+    out = []
+    for folder in ("stages", "scripts", "bench"):
+        for path in sorted((root / folder).glob("*.py")):
+            if path == root / "stages" / "cli.py":
+                continue
+            for dep in codegraph.imports_of(path, root).files:
+                rel = dep.relative_to(root).as_posix()
+                if rel.startswith("stages/") and rel != "stages/__init__.py":
+                    out.append(f"{path.relative_to(root).as_posix()} imports {rel}")
+    return out
+
+
+def config_violations(root: Path) -> list[str]:
+    """Config modules (pipeline/<package>/config.py) hold declarations only: dataclasses whose only method
+    is `__post_init__`, private check helpers, constants; they import no repo module but other configs
+    and pipeline.errors. Their values enter a stage's key as resolved params, so no logic may hide there."""
+    import ast
+
+    out = []
+    for path in sorted(root.glob("pipeline/*/config.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                out.append(f"{rel}: function {node.name} (only private check helpers)")
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and item.name != "__post_init__":
+                        out.append(f"{rel}: {node.name}.{item.name} (only __post_init__)")
+        for dep in codegraph.imports_of(path, root).files:
+            module = codegraph.module_name(dep, root)
+            if not (codegraph.is_schema(module) or module in ("pipeline", "pipeline.errors") or dep.name == "__init__.py"):
+                out.append(f"{rel}: imports {module}")
+    return out
+
+
+def test_no_stage_imports_another_stage_and_scripts_and_bench_import_only_pipeline():
+    assert stage_imports(ROOT) == []
+
+
+def test_config_modules_hold_declarations_only():
+    assert config_violations(ROOT) == []
+
+
+def test_stage_rules_fail_on_planted_violations(tmp_path):
+    tree = _planted_tree(tmp_path)
+    for folder in ("scripts", "bench"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    cams = tree / "stages/cams.py"
+    cams.write_text(cams.read_text() + "\n\ndef _leak():\n    from stages.eval_cams import SPEC\n")
+    (tree / "bench/bench_leak.py").write_text("from stages import prepare\n")
+    config = tree / "pipeline/cam/config.py"
+    config.write_text(config.read_text() + "\n\ndef derived(cfg):\n    from pipeline.cam import text_cam\n    return 1\n")
+    assert set(stage_imports(tree)) == {"stages/cams.py imports stages/eval_cams.py", "bench/bench_leak.py imports stages/prepare.py"}
+    assert set(config_violations(tree)) == {"pipeline/cam/config.py: function derived (only private check helpers)",
+                                            "pipeline/cam/config.py: imports pipeline.cam.text_cam"}
+
+
+def test_dvc_yaml_and_the_defaults_file_are_what_the_code_generates():
+    """dvc.yaml lists exactly each stage's inputs, algorithm code, params (overrides and code defaults) and
+    written layouts; pipeline/params/defaults.yaml holds the code's defaults. Regenerate with
+    `python -m pipeline.dvcfile --write`."""
+    from pipeline import dvcfile
+
+    for path, text in dvcfile.generated().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: run `python -m pipeline.dvcfile --write`"
+
+
+def test_dvc_yaml_names_every_input_and_output_of_each_stage_and_runs_its_command():
+    from pipeline import dvcfile
     from stages.cli import main
 
-    problems = []
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        words = stage["cmd"].split()
-        assert words[0] == "diclip", f"{name}: the command must be a diclip command"
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [spec.name for spec in dvcfile.stage_specs()]
+    for spec in dvcfile.stage_specs():
+        stage = stages[spec.name]
         command = main
-        for word in words[1:]:
+        for word in stage["cmd"].split()[1:]:
             command = command.commands[word]
-        module = importlib.import_module(command.callback.__module__)
-        spec = module.SPEC
-        problems += [f"{name}: dvc.yaml's stage runs {spec.name!r}"] if spec.name != name else []
-        listed = [d for d in stage.get("deps", [])]
-        code = set(codegraph.relative(codegraph.closure(spec.module_file, root=root), root))
-        # a listed folder counts as code when it holds Python files (weights and word lists are data)
-        listed_code = {d for d in listed if d.endswith(".py") or (root / d).is_dir() and d.split("/")[0] in codegraph.PACKAGES
-                       and any((root / d).rglob("*.py"))}
-        problems += [f"{name}: deps miss {f}" for f in sorted(code - listed_code)]
-        problems += [f"{name}: deps list {f}, which the stage does not import" for f in sorted(listed_code - code)]
-        params = set(stage.get("params", []))
-        problems += [f"{name}: params miss {p}" for p in sorted(set(spec.params) - params)]
-        problems += [f"{name}: params list {p}, which the stage does not declare" for p in sorted(params - set(spec.params))]
-        declared = [next(iter(o)) if isinstance(o, dict) else o
-                    for o in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])]
-        # an artifact folder may be declared by what DVC needs to see inside it (DVCLive's metrics.json and
-        # plots folder), so a declared path counts as the artifact it lies in
-        within = lambda path, artifact: path == artifact or path.startswith(artifact + "/")  # noqa: E731
-        tracked = [a for a in spec.outputs if a.tracked]
-        outs = {next((a.path for a in tracked if within(o, a.path)), o) for o in declared}
-        problems += [f"{name}: outs should be {sorted(a.path for a in tracked)}, not {sorted(outs)}"] \
-            if outs != {a.path for a in tracked} else []
-        problems += [f"{name}: deps miss the input artifact {a.path}" for a in spec.inputs
-                     if not any(within(d.split("#")[0].strip(), a.path) for d in listed)]
-        problems += [f"{name}: the command names a path ({w}); paths come from pipeline/artifacts.py"
-                     for w in words if "/" in w]
-    return problems
+        assert importlib.import_module(command.callback.__module__).SPEC == spec
+        paths = set(stage["deps"]) | {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])} | \
+            set(stage.get("metrics", [])) | {next(iter(o)) for o in stage.get("plots", [])}
+        for artifact in (*spec.inputs, *spec.outputs):
+            if artifact.tracked:
+                assert any(p == artifact.path or p.startswith(artifact.path + "/") for p in paths), (spec.name, artifact.path)
 
 
-def test_dvc_yaml_lists_exactly_what_each_stage_imports_declares_and_writes():
-    assert stage_problems(ROOT) == []
-
-
-def test_the_deps_check_fails_on_a_planted_drift(tmp_path):
-    tree = _planted_tree(tmp_path)
-    shutil.copy2(ROOT / "dvc.yaml", tree / "dvc.yaml")
-    prepare = tree / "stages/prepare.py"
-    prepare.write_text(prepare.read_text() + "\n\ndef _new_dep():\n    from pipeline import metrics\n")
-    dvc = yaml.safe_load((tree / "dvc.yaml").read_text())
-    dvc["stages"]["prepare"]["params"].remove("prepare")
-    (tree / "dvc.yaml").write_text(yaml.safe_dump(dvc))
-    problems = stage_problems(tree)
-    assert "prepare: deps miss pipeline/metrics.py" in problems
-    assert "prepare: params miss prepare" in problems
+def test_a_stages_code_is_its_algorithm_closure_without_plumbing_or_schema():
+    """Stage A's code: its module and the algorithm modules it reaches; the runner, skeleton, stores,
+    CLI helpers and the params schema (sections, config modules) are out, and so is any other stage."""
+    closure = set(codegraph.relative(codegraph.algorithm_closure("stages/diffusion_attention.py")))
+    assert {"stages/diffusion_attention.py", "pipeline/diffusion/correlation.py", "pipeline/diffusion/recipes.py",
+            "pipeline/tasks/stage_a.py", "pipeline/data/decode.py"} <= closure
+    assert not closure & {"pipeline/runner.py", "pipeline/skeleton.py", "pipeline/params/sections.py",
+                          "pipeline/diffusion/config.py", "pipeline/store/image_store.py", "pipeline/command.py",
+                          "pipeline/provenance.py", "pipeline/errors.py", "stages/cli.py"}
+    assert not any(p.startswith(("pipeline/cam/", "pipeline/segment/", "pipeline/params/")) for p in closure)

@@ -265,3 +265,83 @@ def test_loading_params_does_not_import_torch(tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"{bad}: prepare.shard_images must be >= 1, got -3" in run.stdout
     assert "heavy: []" in run.stdout  # validating params stays cheap: no torch, diffusers or open_clip
+
+
+# ------------------------------------------------------------------------------ one source for every default
+def config_pairs():
+    """(params section, the algorithm config it is): one pattern for all, the section is the config or a
+    subclass that adds only the stage's storage and evaluation keys."""
+    from pipeline.cam.config import CamConfig
+    from pipeline.data.config import ShapesConfig
+    from pipeline.diffusion.config import AcrConfig, DiclipConfig, StageAConfig, TransitionConfig
+    from pipeline.params import sections
+    from pipeline.segment.config import InferenceConfig, TrainConfig
+    from pipeline.tsa.config import AdapterConfig
+
+    hints = lambda cls: {f.name: f.type for f in dataclasses.fields(cls)}  # noqa: E731
+    return [
+        (sections.DiffusionAttentionParams, StageAConfig), (sections.CamsParams, CamConfig),
+        (sections.TrainParams, TrainConfig), (sections.EvaluateParams, InferenceConfig),
+        (sections.TsaAdaptParams, AdapterConfig),
+        (eval(hints(sections.ShapesParams)["world"], vars(sections)), ShapesConfig),
+        (eval(hints(StageAConfig)["diclip"], vars(sys.modules[StageAConfig.__module__])), DiclipConfig),
+        (eval(hints(StageAConfig)["acr"], vars(sys.modules[StageAConfig.__module__])), AcrConfig),
+        (eval(hints(StageAConfig)["transition"], vars(sys.modules[StageAConfig.__module__])), TransitionConfig),
+    ]
+
+
+def twins(section: type, classes) -> list[str]:
+    """Dataclasses outside `section`'s class tree that give three or more of its fields a default again (a
+    default written twice), with the names they share."""
+    own = {f.name for f in dataclasses.fields(section)}
+    out = []
+    for cls in classes:
+        if not dataclasses.is_dataclass(cls) or issubclass(section, cls) or issubclass(cls, section):
+            continue
+        defaulted = {f.name for f in dataclasses.fields(cls)
+                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        shared = sorted(own & defaulted)
+        if len(shared) >= 3:
+            out.append(f"{cls.__module__}.{cls.__qualname__}: {', '.join(shared)}")
+    return out
+
+
+def algorithm_dataclasses():
+    import importlib
+    import inspect
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for package in ("cam", "diffusion", "segment", "tsa", "tasks", "report", "models", "data"):
+        for path in sorted((root / "pipeline" / package).glob("*.py")):
+            module = importlib.import_module(f"pipeline.{package}.{path.stem}".removesuffix(".__init__"))
+            found += [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    return found
+
+
+def test_each_params_section_is_its_algorithms_config_and_no_default_is_written_twice():
+    configs = {config for _, config in config_pairs()}  # each one the source of its own section's defaults
+    classes = [c for c in algorithm_dataclasses() if c not in configs]
+    for section, config in config_pairs():
+        assert section is config or issubclass(section, config), f"{section.__name__} is not {config.__name__}"
+        redeclared = set(section.__dict__.get("__annotations__", {})) & {f.name for f in dataclasses.fields(config)} \
+            if section is not config else set()
+        assert not redeclared, f"{section.__name__} declares {sorted(redeclared)} again"
+        for f in dataclasses.fields(config):  # the same names, the same defaults
+            assert getattr(section(), f.name) == getattr(config(), f.name), f"{section.__name__}.{f.name}"
+        assert twins(section, classes) == [], f"a twin of {section.__name__}'s fields"
+
+
+def test_the_twin_check_finds_a_planted_twin():
+    from pipeline.params.sections import CamsParams
+
+    @dataclasses.dataclass(frozen=True)
+    class PlantedCamConfig:  # what CamsParams and the old CamConfig were: the same fields, written twice
+        clip_size: int = 320
+        surgery: str = "diclip"
+        refine: bool = True
+        rar_iterations: int = 10
+
+    assert twins(CamsParams, [PlantedCamConfig]) == [
+        f"{__name__}.test_the_twin_check_finds_a_planted_twin.<locals>.PlantedCamConfig: "
+        "clip_size, rar_iterations, refine, surgery"]

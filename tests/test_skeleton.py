@@ -1,6 +1,6 @@
-"""The stage skeleton with two planted stages: the second reads the first's store through aligned
-inputs and writes arrays and PNG files; provenance follows inputs only; reuse, recompute and the
-summary line follow from that."""
+"""The stage skeleton with two planted stages: the second reads the first's store and writes arrays and
+PNG files; provenance follows what decides the bytes only; reuse, recompute and the summary line
+follow from that; a stage refuses only bad params of the sections it reads."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pipeline.params import Params, ParamsError, parse_params
 from pipeline.skeleton import StageContext, StageSpec, run_stage
 from pipeline.store.image_store import ArraySpec, FileSpec, ImageStore
 
-FIRST = Artifact("first", "unused/first.zarr", "first store")
-SECOND = Artifact("second", "unused/second.zarr", "second store")
+FIRST = Artifact("first", "unused/first.zarr", "first store", layouts=("IMAGE_STORE",))
+SECOND = Artifact("second", "unused/second.zarr", "second store", layouts=("IMAGE_STORE",))
 IDS = [f"im{i}" for i in range(6)]
-S1 = StageSpec("first", "stages.prepare", params=("prepare.shard_images",), outputs=(FIRST,))
-S2 = StageSpec("second", "stages.prepare", params=("prepare",), inputs=(FIRST,), outputs=(SECOND,))
+S1 = StageSpec("first", "stages.prepare", "prepare", params=("prepare.shard_images",), outputs=(FIRST,))
+S2 = StageSpec("second", "stages.prepare", "prepare", params=("prepare",), inputs=(FIRST,), outputs=(SECOND,))
 
 
 def _digest(image_id: str, salt: str = "") -> bytes:
@@ -43,14 +43,17 @@ class Scale:
 class Label:
     """Second stage: a 3x5 label map from the first stage's row; `log` records what was computed."""
 
-    inputs: object
+    first: str
     log: str
 
     def build(self):
+        store = ImageStore.open(self.first)
+        rows = {image_id: i for i, image_id in enumerate(store.ids())}
+
         def fn(image_id):
             with open(self.log, "a") as f:
                 f.write(image_id + "\n")
-            x = self.inputs.row(image_id)["first"]["x"]
+            x = store.read("x", rows[image_id])
             return {"total": np.int64(x.sum()), "label": np.full((3, 5), x[0] % 7, np.uint8)}
 
         return fn
@@ -69,9 +72,9 @@ def first_body(factor: int):
 
 def second_body(log, labels_dir):
     def body(ctx: StageContext):
-        inputs = ctx.aligned(FIRST)
-        stamp = ctx.stamp(inputs=inputs.fingerprints)
-        store, _ = ctx.images(Label(inputs, str(log)), ctx.path(SECOND), ids=IDS, specs=[ArraySpec("total", (), "int64")],
+        first = ImageStore.open(ctx.path(FIRST))
+        stamp = ctx.stamp(inputs={"first": first.fingerprint})
+        store, _ = ctx.images(Label(str(ctx.path(FIRST)), str(log)), ctx.path(SECOND), ids=IDS, specs=[ArraySpec("total", (), "int64")],
                               files=[FileSpec("label", str(labels_dir))], key=stamp["fingerprint"], attrs=stamp,
                               shard_images=4, desc="second")
         return store
@@ -111,7 +114,32 @@ def test_provenance_holds_inputs_only_and_is_stable(tmp_path):
     b = StageContext(S1, params(on_error="skip"), {}).stamp(factor=2)  # a param S1 does not read
     c = StageContext(S1, params(shard_images=5), {}).stamp(factor=2)
     assert a == b and a != c
-    assert set(a) == {"stage", "params_hash", "code_digest", "inputs", "fingerprint"}
+    assert set(a) == {"stage", "params_hash", "code_digest", "layouts", "inputs", "fingerprint"}
+    from pipeline.store import layouts
+
+    assert a["layouts"] == {"IMAGE_STORE": layouts.IMAGE_STORE}
+
+
+def test_a_stage_refuses_bad_params_only_in_the_sections_it_reads(tmp_path, caplog):
+    """Every section is validated, but a bad value in a section a stage does not read is a warning there:
+    `shapes_world` never fails because of `evaluate` or `train`."""
+    import logging
+
+    from pipeline.params import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  shard_images: 4\ntrain:\n  lr: -1\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.params"):
+        loaded = load_params(path, sections=S1.sections)
+    assert loaded.prepare.shard_images == 4 and loaded.train.lr > 0  # the bad section is left at its defaults
+    assert any("train.lr must be > 0" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ParamsError, match=r"params.yaml: train.lr must be > 0"):
+        load_params(path, sections=("train",))
+    with pytest.raises(ParamsError, match=r"params.yaml: train.lr must be > 0"):
+        load_params(path)  # `diclip params check`: every section
+    path.write_text("prepare:\n  shard_images: 0\ntrain:\n  lr: -1\n")
+    with pytest.raises(ParamsError, match=r"prepare.shard_images must be >= 1, got 0"):
+        load_params(path, sections=S1.sections)
 
 
 def test_undeclared_params_cannot_be_read():

@@ -55,7 +55,7 @@ def test_kl_assignment_recovers_planted_groups_exactly_and_drops_empty_anchors()
     # which wins every patch; the group's other anchors win nothing and drop out
     a, labels = planted(16, 0)
     a = torch.from_numpy(planted_attention(labels, seed=0, jitter=0.0)).float()
-    ids, k = kl_assign(a, 16, rounds=5)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
     assert len(anchor_positions(16, default_anchor_stride(16))) == 16
     assert k == len(np.unique(labels)) == 5
     assert same_partition(ids.reshape(16, 16).numpy(), labels)
@@ -67,7 +67,7 @@ def test_kl_assignment_on_jittered_groups_never_mixes_groups(seed):
     # no merging step (DiCLIP): a group holding several anchors may stay split, but no cluster
     # straddles two planted groups and every group is covered
     a, labels = planted(16, seed)
-    ids, k = kl_assign(a, 16, rounds=5)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
     flat = labels.ravel()
     ids = ids.numpy()
     assert 5 <= k <= 16
@@ -80,23 +80,23 @@ def test_kl_assignment_reads_columns_not_rows():
     rng = np.random.default_rng(1)
     col_profiles = rng.dirichlet(np.ones(64) * 0.3, size=4)  # each group's columns share one profile over queries
     a = torch.from_numpy(col_profiles[labels].T.copy()).float()  # column j = profile of j's group
-    ids, k = kl_assign(a, 8, anchor_stride=2)
+    ids, k = kl_assign(a, 8, anchor_stride=2, rounds=5)
     assert k == 4 and same_partition(ids.numpy(), labels)
-    ids_t, _ = kl_assign(a.T.contiguous(), 8, anchor_stride=2)  # the transpose puts the groups in the rows
+    ids_t, _ = kl_assign(a.T.contiguous(), 8, anchor_stride=2, rounds=5)  # the transpose puts the groups in the rows
     assert not same_partition(ids_t.numpy(), labels)  # ...which the descriptors (columns) no longer show
 
 
 def test_kl_assignment_validates_shapes_and_rounds():
     with pytest.raises(ValueError, match=r"A must be \(64, 64\) for grid 8"):
-        kl_assign(torch.ones(60, 60), 8)
+        kl_assign(torch.ones(60, 60), 8, anchor_stride=None, rounds=5)
     with pytest.raises(ValueError, match="rounds must be >= 1"):
-        kl_assign(torch.ones(64, 64), 8, rounds=0)
+        kl_assign(torch.ones(64, 64), 8, anchor_stride=None, rounds=0)
 
 
 # ------------------------------------------------------------------------------ refinement R
 def test_refinement_is_row_stochastic_constant_within_clusters_and_idempotent():
     a, labels = planted(16, 3)
-    ids, k = kl_assign(a, 16)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
     r = refine(a, ids)
     torch.testing.assert_close(r.sum(-1), torch.ones(256), atol=1e-5, rtol=0)
     same = ids[:, None] == ids[None, :]
@@ -122,8 +122,8 @@ def test_column_max_threshold_and_row_normalisation_by_hand():
 def test_heads_are_multiplied_in_order_and_tokens_resampled_bilinearly():
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 16, 4, generator=g), torch.randn(2, 16, 4, generator=g)  # 2 heads on a 4x4 grid
-    a = layer_correlation(q, k, (4, 4), 8)
-    s = normalise_scores(head_scores(q, k, (4, 4), 8))
+    a = layer_correlation(q, k, (4, 4), 8, 0.2)
+    s = normalise_scores(head_scores(q, k, (4, 4), 8), 0.2)
     torch.testing.assert_close(a, s[0] @ s[1])
     assert not torch.allclose(a, s[1] @ s[0])
     torch.testing.assert_close(head_product(s[:1]), s[0])
@@ -136,14 +136,18 @@ def test_heads_are_multiplied_in_order_and_tokens_resampled_bilinearly():
 # ------------------------------------------------------------------------------ R at other grids
 def test_resampled_correlation_rows_sum_to_one_and_flip_mirrors():
     a, _ = planted(8, 0)
-    r = refine(a, kl_assign(a, 8)[0])
-    torch.testing.assert_close(resample_correlation(r, 8, 8), r / r.sum(-1, keepdim=True))
+    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5)[0])
+    r[5] = 0  # a row DiCLIP's threshold emptied
+    # at the stored grid R comes back as stored (no renormalising: the empty row stays empty), mirrored exactly
+    assert resample_correlation(r, 8, 8) is r
+    perm = torch.arange(64).reshape(8, 8).flip(-1).reshape(-1)
+    assert torch.equal(resample_correlation(r, 8, 8, flip=True), r[perm][:, perm])
+    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5)[0])
     for size in (5, 12, 16):
         big = resample_correlation(r, 8, size)
         assert big.shape == (size * size, size * size) and (big >= 0).all()
         torch.testing.assert_close(big.sum(-1), torch.ones(size * size), atol=1e-5, rtol=0)
     # flipping = resampling R of the mirrored image (patch (y, x) -> (y, g-1-x) on both axes)
-    perm = torch.arange(64).reshape(8, 8).flip(-1).reshape(-1)
     torch.testing.assert_close(resample_correlation(r, 8, 12, flip=True), resample_correlation(r[perm][:, perm], 8, 12))
     with pytest.raises(ValueError, match=r"R must be \(64, 64\) for grid 8"):
         resample_correlation(r[:10], 8, 12)
@@ -154,8 +158,8 @@ def test_sharpening_by_hand():
     p0 = torch.tensor([[0.5, 0.01, 0.49], [0.25, 0.5, 0.25], [0.1, 0.1, 0.8]])
     p1 = p0 / p0.amax(0, keepdim=True)
     p2 = (p1 + 0.02 * torch.log10(math.e * p1)).clamp_min(0)
-    torch.testing.assert_close(sharpen_transition(p0), p2 / p2.sum(-1, keepdim=True))
-    assert sharpen_transition(p0)[0, 1] == 0  # 0.01 / 0.5 = 0.02 of its column's max: below ~0.024, dropped
+    torch.testing.assert_close(sharpen_transition(p0, 0.02), p2 / p2.sum(-1, keepdim=True))
+    assert sharpen_transition(p0, 0.02)[0, 1] == 0  # 0.01 / 0.5 = 0.02 of its column's max: below ~0.024, dropped
     torch.testing.assert_close(sharpen_transition(p0, 0.0), p1 / p1.sum(-1, keepdim=True))
 
 
@@ -168,7 +172,7 @@ def test_head_probabilities_are_the_head_mean_of_softmax():
 
 def test_top_k_rows_renormalise_report_kept_mass_and_are_exact_when_sparse():
     g = torch.Generator().manual_seed(2)
-    p = sharpen_transition(torch.rand(64, 64, generator=g) ** 8)
+    p = sharpen_transition(torch.rand(64, 64, generator=g) ** 8, 0.02)
     sparse = top_k_rows(p, 16)
     assert sparse.values.shape == sparse.index.shape == (64, 16)
     torch.testing.assert_close(sparse.values.sum(-1), torch.ones(64), atol=1e-6, rtol=0)

@@ -41,23 +41,24 @@ def test_the_loss_split_over_ranks_sums_to_the_whole_batch():
     labels = torch.randint(0, 3, (4, 8, 8), generator=g)
     labels[0] = 0  # no foreground in the first image
     labels[1, :4] = 255
-    whole = segmenter_loss(logits, affinity, labels, 4, radius=2)
+    whole = segmenter_loss(logits, affinity, labels, 4, affinity_weight=0.1, radius=2)
 
     parts = (slice(0, 2), slice(2, 4))
     # what all_reduce would give each rank: the counts of both halves summed
     all_counts = sum(loss_sums(logits[s].detach(), affinity[s], labels[s], 4, 2)[1] for s in parts)
-    halves = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2, total=lambda _local: all_counts, world=2)
+    halves = [segmenter_loss(logits[s], affinity[s], labels[s], 4, affinity_weight=0.1, radius=2,
+                             total=lambda _local: all_counts, world=2)
               for s in parts]
     assert float(sum(halves).detach() / 2) == pytest.approx(float(whole.detach()), rel=1e-6)
     # and not the mean of each half's own loss, which weighs the halves' pixels differently
-    own = [segmenter_loss(logits[s], affinity[s], labels[s], 4, radius=2) for s in parts]
+    own = [segmenter_loss(logits[s], affinity[s], labels[s], 4, affinity_weight=0.1, radius=2) for s in parts]
     assert abs(float(sum(own).detach() / 2) - float(whole.detach())) > 1e-3
 
 
 def test_scores_on_a_hand_built_confusion_and_torchmetrics_ignore_index():
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    from pipeline.segment.scores import confusion, scores
+    from pipeline.metrics import confusion, scores
 
     truth = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], dtype=np.uint8)
     pred = np.array([[0, 1, 1, 1], [2, 0, 3, 0]], dtype=np.uint8)  # the ignored pixels are predicted as 3 and 0
@@ -75,7 +76,7 @@ def test_scores_on_a_hand_built_confusion_and_torchmetrics_ignore_index():
 
 
 def test_the_voc_submission_layout():
-    from stages.evaluate import submission_folder
+    from pipeline.artifacts import submission_folder
 
     assert submission_folder(Path("out"), "test") == Path("out/results/VOC2012/Segmentation/comp6_test_cls")
 
@@ -188,18 +189,19 @@ def evaluated(world, planted, trained):
 
     out, _ = trained
     paths = {"index": world["index"], "segmenter": out / "segmenter", "pseudo_labels": planted,
-             "evaluation": out / "evaluation.zarr", "predictions": out / "predictions", "seg_metric": out / "seg.json"}
-    metric, _ = run_stage(evaluate.SPEC, evaluate.body, params=parse_params(params()), paths=paths)
-    return out, metric
+             "evaluation": out / "evaluation.zarr", "predictions": out / "predictions", "seg_metric": out / "seg.json",
+             "seg_detail": out / "seg_detail.json"}
+    metrics, _ = run_stage(evaluate.SPEC, evaluate.body, params=parse_params(params()), paths=paths)
+    return out, metrics
 
 
 def test_evaluate_scores_the_palette_predictions_in_the_server_layout(world, evaluated):
     from PIL import Image
 
-    from pipeline.metrics import confusion_matrix, iou_from_confusion
     from pipeline.store.dataset_index import DatasetIndex
+    from tests.numpy_scores import numpy_confusion, numpy_miou
 
-    out, metric = evaluated
+    out, (metric, detail) = evaluated
     index = DatasetIndex.load(world["index"])
     images = index.images(["val"])
     folder = out / "predictions" / "results" / "VOC2012" / "Segmentation" / "comp6_val_cls"
@@ -211,15 +213,18 @@ def test_evaluate_scores_the_palette_predictions_in_the_server_layout(world, eva
             pred = np.array(im)
         mask = images.load_mask(image_id)
         assert pred.shape == mask.shape
-        conf += confusion_matrix(pred, mask, 8)  # the project's own numpy confusion, not torchmetrics
-    assert metric["segmenter"]["miou"] == pytest.approx(float(np.nanmean(iou_from_confusion(conf))))
-    assert metric["pseudo_labels"]["miou"] == 1.0  # the planted labels are the masks
-    assert metric["split"] == "val" and metric["images"] == len(index.ids("val"))
+        conf += numpy_confusion(pred, mask, 8)  # an independent numpy confusion, not torchmetrics
+    assert metric["miou"] == detail["segmenter"]["miou"] == pytest.approx(numpy_miou(conf))
+    assert metric["pseudo_miou"] == detail["pseudo_labels"]["miou"] == 1.0  # the planted labels are the masks
+    assert detail["split"] == "val" and detail["images"] == len(index.ids("val"))
     assert json.loads((out / "seg.json").read_text()) == metric
+    assert set(metric) == {"miou", "pixel_accuracy", "pseudo_miou"}  # headline numbers; the rest in the detail
+    assert json.loads((out / "seg_detail.json").read_text()) == detail
 
 
 def test_crf_snaps_a_blurred_softmax_to_the_colour_edge():
-    from pipeline.segment.crf import CrfConfig, crf_available, dense_crf
+    from pipeline.segment.config import InferenceConfig
+    from pipeline.segment.crf import crf_available, dense_crf
 
     if not crf_available():
         pytest.skip("pydensecrf2 is not installed (pip install 'diclip[crf]')")
@@ -229,7 +234,7 @@ def test_crf_snaps_a_blurred_softmax_to_the_colour_edge():
     ramp = np.clip((np.arange(32) - 4) / 16, 0.05, 0.95)  # the class rises smoothly, past 0.5 at column 12
     p[1], p[0] = ramp[None, :], 1 - ramp[None, :]
     before = p.argmax(0)[0]
-    after = dense_crf(p, image, CrfConfig(bi_xy=10, bi_rgb=20)).argmax(0)
+    after = dense_crf(p, image, InferenceConfig(crf=True, crf_bi_xy=10, crf_bi_rgb=20)).argmax(0)
     assert (before[:16] == 1).any()  # the blurred map crosses the edge before the CRF ...
     assert (after[:, :16] == 0).all() and (after[:, 16:] == 1).all()  # ... and stops at it after
 
@@ -260,12 +265,12 @@ def report(world, planted, trained, evaluated):
     run_cams(world, out, bg_threshold=0.6)
     run_stage(eval_cams.SPEC, eval_cams.body, params=parse_params(params(cams={"bg_threshold": 0.6})),
               paths={"index": world["index"], "cams": out / "cams.zarr", "pseudo_labels": out / "pseudo_labels",
-                     "cams_metric": out / "cams.json"})
+                     "cams_metric": out / "cams.json", "cams_detail": out / "cams_detail.json"})
     Image.new("RGB", (40, 20), (200, 30, 30)).save(out / "tsa_cache.png")  # stands for stage B's picture
     paths = {"index": world["index"], "diffusion": world["diffusion"], "cams": out / "cams.zarr",
              "pseudo_labels": out / "pseudo_labels", "tsa_picture": out / "tsa_cache.png", "train_live": out / "live",
-             "predictions": out / "predictions", "seg_metric": out / "seg.json", "cams_metric": out / "cams.json",
-             "report": out / "report"}
+             "predictions": out / "predictions", "seg_detail": out / "seg_detail.json",
+             "cams_detail": out / "cams_detail.json", "report": out / "report"}
     run_stage(report.SPEC, report.body, params=parse_params(params(cams={"bg_threshold": 0.6})), paths=paths)
     return out / "report"
 
@@ -274,7 +279,7 @@ def report(world, planted, trained, evaluated):
 def test_the_report_renders_in_headless_chromium(report, evaluated):
     from playwright.sync_api import sync_playwright
 
-    _, metric = evaluated
+    _, (metric, _) = evaluated
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -287,7 +292,7 @@ def test_the_report_renders_in_headless_chromium(report, evaluated):
         page.screenshot(path=str(report.parent / "report_screenshot.png"), full_page=True)
         browser.close()
     assert dict(loaded) == {"samples": True, "iou": True, "curves": True, "tsa": True}
-    assert f"{metric['segmenter']['miou']:.3f}" in headline and "segmenter" in headline
+    assert f"{metric['miou']:.3f}" in headline and "segmenter" in headline
     assert ablation_rows > 10  # the CAM ablation table from docs/cam_ablation.md
     from PIL import Image
 
@@ -331,7 +336,7 @@ def test_evaluate_without_a_segmenter_is_refused_naming_it(world, planted, tmp_p
 
     paths = {"index": world["index"], "segmenter": tmp_path / "nothing", "pseudo_labels": planted,
              "evaluation": tmp_path / "evaluation.zarr", "predictions": tmp_path / "predictions",
-             "seg_metric": tmp_path / "seg.json"}
+             "seg_metric": tmp_path / "seg.json", "seg_detail": tmp_path / "seg_detail.json"}
     with pytest.raises(UserError, match=r"nothing/config.json: not a saved segmenter \(run `diclip train` first\)"):
         run_stage(evaluate.SPEC, evaluate.body, params=parse_params(params()), paths=paths)
     assert not any(tmp_path.iterdir())  # nothing written

@@ -39,9 +39,11 @@ def test_packing_writes_values_digests_and_done_flags_then_drops_staged_files(tm
     store = create(tmp_path / "s.zarr")
     write_first_block(store)
     assert store.done().tolist() == [True, True, False, False, False]
-    assert bytes(store.input_digests()[1]).rstrip(b"\0") == b"d1"
     assert store.read("m", 1).tolist() == [[7, 7], [7, 7]]
-    assert store.staged_indices() == set()
+    assert not store.path.with_name("s.zarr.staging").exists() or not list(store.path.with_name("s.zarr.staging").glob("*.npz"))
+    # the stored input digests decide the resume: the first block's rows are reused for unchanged inputs
+    digests = {image_id: b"d%d" % i for i, image_id in enumerate(IDS)}
+    assert store.resume(digests.__getitem__).rows == [2, 3, 4]
 
 
 def test_resume_keeps_done_images_with_the_same_key(tmp_path):
@@ -63,14 +65,16 @@ def test_another_key_or_layout_starts_anew(tmp_path, change):
     assert not again.done().any()
 
 
-def test_a_complete_store_of_the_same_key_is_reused_and_forget_reopens_rows(tmp_path):
+def test_a_complete_store_of_the_same_key_is_reused_and_a_changed_input_reopens_its_row(tmp_path):
     store = create(tmp_path / "s.zarr", ids=IDS[:2])
     write_first_block(store)
     store.mark_complete()
     assert ImageStore.open(tmp_path / "s.zarr", stage="s").attrs["complete"]
     again = create(tmp_path / "s.zarr", ids=IDS[:2])
     assert again.done().all()
-    again.forget([1])
+    assert again.resume({"a0": b"d0", "a1": b"d1"}.__getitem__).rows == []  # nothing changed: nothing pending
+    pending = again.resume({"a0": b"d0", "a1": b"changed"}.__getitem__)
+    assert pending.rows == [1] and pending.reused == 1
     assert again.done().tolist() == [True, False] and not again.attrs["complete"]
     with pytest.raises(StoreError, match="incomplete"):
         ImageStore.open(tmp_path / "s.zarr")
@@ -94,15 +98,19 @@ def test_incomplete_store_is_refused_by_readers_and_by_mark_complete(tmp_path):
 def test_staging_round_trip_and_torn_or_temporary_files_are_ignored(tmp_path):
     store = create(tmp_path / "s.zarr")
     store.stage_image(3, {"m": np.full((2, 2), 5, "float16")}, b"x")
+    store.stage_image(2, {"m": np.full((2, 2), 6, "float16")}, b"y")
     values, digest = store.load_staged(3)
     assert values["m"].tolist() == [[5, 5], [5, 5]] and digest.rstrip(b"\0") == b"x"
     staging = store.path.with_name("s.zarr.staging")
     (staging / "4.npz").write_bytes(b"PK\x03\x04 torn")
-    (staging / ".2.12345.tmp").write_bytes(b"half a write")  # what a kill mid-write leaves
+    (staging / ".1.12345.tmp").write_bytes(b"half a write")  # what a kill mid-write leaves
     assert store.load_staged(4) is None
-    assert store.staged_indices() == {3, 4}
-    store.drop_staged(3)
-    assert store.load_staged(3) is None
+    # resuming: a staged row with the same inputs is kept (and its now-whole block packed), one staged from
+    # other inputs and a torn one are computed again, the temporary file is not a row
+    pending = store.resume({"a0": b"", "a1": b"", "a2": b"y", "a3": b"other", "a4": b"z"}.__getitem__)
+    assert pending.rows == [0, 1, 3, 4] and pending.reused == 1
+    assert store.load_staged(3) is None and store.load_staged(4) is None and store.load_staged(2) is not None
+    assert [pending.finished(r) for r in (0, 1, 3)] == [None, range(0, 2), range(2, 4)]
 
 
 def test_spec_check_names_image_and_expected_shape():
@@ -180,24 +188,52 @@ def test_checkpoints_keep_the_newest_and_resume_only_their_own_key(tmp_path):
     assert CheckpointStore(tmp_path / "ckpt", key="run-b").latest() is None
 
 
-# ------------------------------------------------------------------ aligned inputs
-def test_aligned_inputs_give_rows_by_id_and_refuse_a_store_rewritten_mid_run(tmp_path):
-    from pipeline.store.aligned import AlignedInputs
+# ------------------------------------------------------------------ checksums
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
 
-    store = create(tmp_path / "in.zarr", ids=IDS[:2], key="k1")
-    for i in range(2):
-        store.stage_image(i, {"m": np.full((2, 2), i + 1)}, b"d")
-    store.pack_block(store.blocks()[0])
-    store.mark_complete({"fingerprint": "fp1"})
-    inputs = AlignedInputs.of({"prev": tmp_path / "in.zarr"})
-    assert inputs.fingerprints == {"prev": "fp1"}
-    assert inputs.row("a1")["prev"]["m"].tolist() == [[2, 2], [2, 2]]
-    with pytest.raises(StoreError, match="image 'zz' is not in this input store"):
-        inputs.row("zz")
-    ImageStore(tmp_path / "in.zarr", writable=True).mark_complete({"fingerprint": "fp2"})  # rewritten by a rerun
-    stale = AlignedInputs((("prev", str(tmp_path / "in.zarr"), "fp-old"),))
-    with pytest.raises(StoreError, match="changed while this stage ran"):
-        stale.row("a0")
-    incomplete = create(tmp_path / "half.zarr", key="k1")
-    with pytest.raises(StoreError, match="incomplete"):
-        AlignedInputs.of({"half": incomplete.path})
+
+@pytest.mark.parametrize("shard", [1, 4])
+def test_a_flipped_byte_in_a_stored_chunk_is_refused_naming_the_store_and_the_image(tmp_path, shard):
+    """Every chunk carries a crc32c: a bit flipped on disk is an error naming the store and the image, never
+    wrong values read silently; the other images still read."""
+    import struct
+
+    ids = [f"img{i}" for i in range(6)]
+    store = create(tmp_path / "s.zarr", ids=ids, shard=shard)
+    for i in range(6):
+        store.stage_image(i, {"m": np.full((2, 2), i + 0.5)}, b"d")
+    for block in store.blocks():
+        store.pack_block(block)
+    store.mark_complete()
+    if shard == 1:  # one file per chunk: flip a byte of image 3's
+        _flip(tmp_path / "s.zarr" / "m" / "c" / "3" / "0" / "0", 2)
+    else:  # a shard holds images 0-3: its index (at the end) says where image 3's bytes lie
+        shard_file = tmp_path / "s.zarr" / "m" / "c" / "0" / "0" / "0"
+        raw = shard_file.read_bytes()
+        offset, _ = struct.unpack("<QQ", raw[-(4 * 16 + 4):][3 * 16:4 * 16])
+        _flip(shard_file, offset + 2)
+    reader = ImageStore.open(tmp_path / "s.zarr")
+    assert reader.read("m", 2).tolist() == [[2.5, 2.5], [2.5, 2.5]]
+    with pytest.raises(StoreError, match=rf"s.zarr: image 'img3': array 'm' is corrupt on disk .*checksum"):
+        reader.read("m", 3)
+    with pytest.raises(StoreError, match=r"image 'img3': array 'm' is corrupt"):
+        reader.read("m")  # a whole-array read names the first corrupt image
+
+
+def test_a_flipped_byte_in_an_hdf5_record_is_refused_naming_the_file_and_the_record(tmp_path):
+    from pipeline.store.h5_store import H5Reader, H5Writer
+
+    writer = H5Writer(tmp_path / "c.h5", key="k")
+    writer.put("disk/00000", {"image": np.arange(4096, dtype=np.uint8).reshape(64, 64)})
+    writer.put("disk/00001", {"image": np.ones((64, 64), np.uint8)})
+    writer.finish(attrs={"stage": "s"})
+    with H5Reader(tmp_path / "c.h5") as reader:
+        offset = reader._file["records/disk/00000/image"].id.get_chunk_info(0).byte_offset  # its one chunk
+    _flip(tmp_path / "c.h5", offset + 5)
+    with H5Reader(tmp_path / "c.h5") as reader:
+        assert reader.record("disk/00001")["image"].sum() == 4096
+        with pytest.raises(StoreError, match=r"c.h5: record 'disk/00000' is corrupt"):
+            reader.record("disk/00000")

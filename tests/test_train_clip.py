@@ -13,7 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cam import class_prompts, encode_prompts, encode_text_trimmed, presence_scores
+from pipeline.cam.images import presence_scores
+from pipeline.cam.text import class_prompts, encode_prompts, encode_text_trimmed
 from pipeline.data.shapes import CLASS_NAMES
 from pipeline.metrics import presence_auc
 from pipeline.models import TINY_CLIP_DIR, load_clip, load_shipped_clip

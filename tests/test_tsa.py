@@ -75,17 +75,18 @@ def test_the_adapter_at_initialisation_reproduces_the_static_key_scores():
     rng = np.random.default_rng(1)
     keys, values, _ = build_keys({0: rng.normal(size=(5, 8)), 1: rng.normal(size=(5, 8))}, rng.normal(size=(6, 8)), 2,
                                  per_class=2, background=3)
-    adapter = KVAdapter(torch.from_numpy(keys), torch.from_numpy(values), hidden=32).eval()
+    adapter = KVAdapter(torch.from_numpy(keys), torch.from_numpy(values), hidden=32, dropout=0.1, seed=0).eval()
     f = F.normalize(torch.randn(10, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     static = torch.relu(f @ torch.from_numpy(keys).T)
     torch.testing.assert_close(adapter.scores(f)[:, :len(keys)], static)
     torch.testing.assert_close(adapter(f), static @ torch.from_numpy(values))  # the extra units carry no value yet
     with pytest.raises(ValueError, match="must hold the 7 keys"):
-        KVAdapter(torch.from_numpy(keys), torch.from_numpy(values), hidden=4)
+        KVAdapter(torch.from_numpy(keys), torch.from_numpy(values), hidden=4, dropout=0.1, seed=0)
 
 
 def test_adapter_training_learns_planted_labels_and_is_seeded():
     from pipeline.tsa.adapter import AdaptedCache, KVAdapter, balanced_cross_entropy, train_adapter, warmup_poly
+    from pipeline.tsa.config import AdapterConfig
 
     g, E, S = 4, 8, 8
     gen = torch.Generator().manual_seed(0)
@@ -95,11 +96,11 @@ def test_adapter_training_learns_planted_labels_and_is_seeded():
     keys = torch.randn(3, E, generator=gen)
     values = torch.eye(3)
 
+    config = AdapterConfig(hidden=16, iterations=150, batch=8, lr=0.05, weight_decay=0.0, warmup=10, seed=3)
+
     def trained():
-        adapter = KVAdapter(keys, values, hidden=16)
-        losses = train_adapter(adapter, features, labels, g, iterations=150, batch=8, lr=0.05, weight_decay=0.0,
-                               warmup=10, seed=3)
-        return adapter, losses
+        adapter = KVAdapter(keys, values, config.hidden, dropout=config.dropout, seed=config.seed)
+        return adapter, train_adapter(adapter, features, labels, g, config)
 
     adapter, losses = trained()
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])

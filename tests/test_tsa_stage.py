@@ -35,7 +35,8 @@ def params(sd: Path, runner=None, cams=None, **tsa):
 
 def paths(world, out: Path) -> dict:
     return {"index": world["index"], "diffusion": world["diffusion"], "tsa_cache": out / "tsa_cache.h5",
-            "tsa_picture": out / "tsa_cache.png", "tsa_metric": out / "tsa_cache.json"}
+            "tsa_picture": out / "tsa_cache.png", "tsa_metric": out / "tsa_cache.json",
+            "tsa_detail": out / "tsa_cache_detail.json"}
 
 
 def run(world, out: Path, runner=None, **tsa):
@@ -59,8 +60,8 @@ def records(path: Path) -> dict[str, dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def first(world):
     out = world["root"] / "tsa"
-    metric, _ = run(world, out)
-    return out, metric
+    (_, detail), _ = run(world, out)
+    return out, detail
 
 
 def test_layout_read_back_with_h5py_and_the_picture_and_metric(world, first):
@@ -77,6 +78,7 @@ def test_layout_read_back_with_h5py_and_the_picture_and_metric(world, first):
         assert json.loads(f.attrs["prompts"]) == [f"a photo of a {n}." for n in names]
         assert f.attrs["images_per_class"] == 2 and f.attrs["seed"] == 0
         assert f["records/disk/00000/image"].chunks == (64, 64, 3) and f["records/disk/00000/image"].compression == "gzip"
+        assert f["records/disk/00000/image"].fletcher32  # a checksum per chunk
     for key, r in got.items():
         c = names.index(key.split("/")[0])
         assert r["image"].shape == (64, 64, 3) and r["image"].dtype == np.uint8
@@ -87,7 +89,9 @@ def test_layout_read_back_with_h5py_and_the_picture_and_metric(world, first):
     assert metric["drawn_now"] == 14 and metric["keys"] == len(keys)
     for name in ("cache", "text", "cache_present", "text_present"):
         assert 0 <= metric[name]["accuracy"] <= 1
-    assert json.loads((out / "tsa_cache.json").read_text()) == metric
+    assert json.loads((out / "tsa_cache_detail.json").read_text()) == metric
+    assert json.loads((out / "tsa_cache.json").read_text()) == {  # the headline numbers
+        "keys": len(keys), "cache_accuracy": metric["cache"]["accuracy"], "text_accuracy": metric["text"]["accuracy"]}
     assert np.asarray(Image.open(out / "tsa_cache.png")).shape == (7 * 2 * 64, 2 * 64, 3)
 
 
@@ -96,7 +100,7 @@ def test_raising_n_draws_only_the_new_images_and_keeps_the_others_byte_identical
 
     out, _ = first
     shutil.copytree(out, tmp_path / "tsa")
-    metric, _ = run(world, tmp_path / "tsa", images_per_class=3)
+    (_, metric), _ = run(world, tmp_path / "tsa", images_per_class=3)
     assert metric["drawn_now"] == 7  # one new image per class
     before, after = records(out / "tsa_cache.h5"), records(tmp_path / "tsa" / "tsa_cache.h5")
     assert set(before) < set(after) and len(after) == 21
@@ -114,7 +118,7 @@ def test_a_kill_mid_generation_leaves_no_complete_looking_file_and_the_rerun_com
     assert not (tmp_path / "tsa_cache.h5").exists()
     staged = len(list((tmp_path / "tsa_cache.h5.staging").glob("*.npz")))
     assert 4 <= staged < 14
-    metric, _ = run(world, tmp_path)
+    (_, metric), _ = run(world, tmp_path)
     assert metric["drawn_now"] == 14 - staged
     ref, got = records(out / "tsa_cache.h5"), records(tmp_path / "tsa_cache.h5")
     assert set(ref) == set(got) and all(np.array_equal(ref[k]["image"], got[k]["image"]) for k in ref)
@@ -158,8 +162,9 @@ def test_tsa_adapt_trains_the_adapter_on_round_one_and_writes_round_two(world, f
     metrics = []
     for n in (1, 2):
         paths.update(tsa_adapter=tmp_path / f"a{n}.safetensors", cams_round2=tmp_path / f"r{n}.zarr",
-                     pseudo_labels_round2=tmp_path / f"pl{n}", tsa_adapt_metric=tmp_path / f"m{n}.json")
-        metrics.append(run_stage(tsa_adapt.SPEC, tsa_adapt.body, params=p, paths=paths)[0])
+                     pseudo_labels_round2=tmp_path / f"pl{n}", tsa_adapt_metric=tmp_path / f"m{n}.json",
+                     tsa_adapt_detail=tmp_path / f"d{n}.json")
+        metrics.append(run_stage(tsa_adapt.SPEC, tsa_adapt.body, params=p, paths=paths)[0][1])
     a, b = load_file(tmp_path / "a1.safetensors"), load_file(tmp_path / "a2.safetensors")
     with H5Reader(out / "tsa_cache.h5") as reader:
         keys = reader.dataset("keys")

@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 
-def attention_affinity(maps: torch.Tensor, *, rounds: int = 3) -> torch.Tensor:
+def attention_affinity(maps: torch.Tensor, *, rounds: int) -> torch.Tensor:
     """(n_blocks, L, L) attention maps (token 0 = class token) -> W (N, N) over the N patches.
 
     The maps are averaged, the class row and column dropped (no renormalisation), then `rounds`
@@ -29,12 +29,12 @@ def attention_affinity(maps: torch.Tensor, *, rounds: int = 3) -> torch.Tensor:
     return a @ a
 
 
-def box_mask(cam: np.ndarray, threshold: float, *, exclusive_end: bool = True) -> np.ndarray:
+def box_mask(cam: np.ndarray, threshold: float, *, exclusive_end: bool) -> np.ndarray:
     """(h, w) float CAM in [0, 1] -> (h, w) float32 0/1 mask (one class of :func:`box_masks`)."""
     return box_masks(cam[None], threshold, exclusive_end=exclusive_end)[0]
 
 
-def box_masks(cams: np.ndarray, threshold: float, *, exclusive_end: bool = True) -> np.ndarray:
+def box_masks(cams: np.ndarray, threshold: float, *, exclusive_end: bool) -> np.ndarray:
     """(K, h, w) float CAMs in [0, 1] -> (K, h, w) float32 0/1 masks: per class, the union of the
     bounding boxes of the 8-connected regions where uint8(255 cam) > int(threshold * its max).
 

@@ -62,8 +62,7 @@ def enrich_texts(text: torch.Tensor, bank: torch.Tensor, drop: int) -> torch.Ten
 
 
 def class_text_features(model: torch.nn.Module, tokenizer, prompts: list[str], num_classes: int, *,
-                        descriptors: list[list[str]] | None = None, clusters: int = 112,
-                        drop: float = 0.1) -> torch.Tensor:
+                        descriptors: list[list[str]] | None, clusters: int, drop: float) -> torch.Tensor:
     """(T, E) normalised text features of `prompts` (the first `num_classes` are the classes, the rest
     background), the class rows enriched with attributes when `descriptors` are given: a bank of
     `clusters` centres, the lowest int(clusters * drop) logits of each class masked (ExCEL: 11 of 112)."""

@@ -15,14 +15,9 @@ from .surgery import surgery_forward
 from .text_cam import cams_to_image, text_cams
 
 
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # ImageNet mean/std on the 0-255 scale (ExCEL's and DiCLIP's CLIP input)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
-
-
-def normalise_then_resize(image: np.ndarray, size: int, *, mean: tuple[float, ...] = IMAGENET_MEAN_255,
-                          std: tuple[float, ...] = IMAGENET_STD_255) -> torch.Tensor:
+def normalise_then_resize(image: np.ndarray, size: int, *, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (H, W, 3) -> (1, 3, size, size) float32 as ExCEL and DiCLIP feed CLIP (method.md, Inputs):
-    normalised on the 0-255 scale in float64, then resized bilinearly (align_corners=False, no
+    normalised on the 0-255 scale in float64 (`mean`, `std`: pipeline.models.clip.input_normalisation), then resized bilinearly (align_corners=False, no
     antialias) to a square, the aspect ratio not kept."""
     x = (np.asarray(image, dtype=np.float64) - np.asarray(mean)) / np.asarray(std)
     t = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]

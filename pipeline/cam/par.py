@@ -44,7 +44,7 @@ def par_affinity(guide: torch.Tensor, dilations: tuple[int, ...] = PAR_DILATIONS
     return aff + position_weight * F.softmax(pos, dim=0)[:, None, None]
 
 
-def par(guide: torch.Tensor, scores: torch.Tensor, *, iterations: int = 20,
+def par(guide: torch.Tensor, scores: torch.Tensor, *, iterations: int,
         dilations: tuple[int, ...] = PAR_DILATIONS) -> torch.Tensor:
     """(C, H, W) guide and (K, H, W) score maps at the same size -> (K, H, W) refined scores:
     `iterations` rounds of scores <- sum over neighbours of affinity * neighbour scores."""

@@ -4,7 +4,7 @@ CLIP input (normalised, resized square) -> surgery forward with R (stage A's ref
 added to every surgery head -> feature-surgery text CAMs of the class texts against class and
 background texts -> affinity refinement with CLIP's attention inside per-class boxes -> RAR with
 stage A's transition P -> per-class min-max at the image size, background = 1 - max, argmax.
-Each step is a switch (`CamConfig`), so ablations run the same code. Pure given a loaded CLIP.
+Each step is a switch (`pipeline.cam.config.CamConfig`), so ablations run the same code. Pure given a loaded CLIP.
 """
 
 from __future__ import annotations
@@ -17,46 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cam.affinity import attention_affinity, box_masks, refine_cams
-from pipeline.cam.images import IMAGENET_MEAN_255, IMAGENET_STD_255, normalise_then_resize
+from pipeline.cam.config import SURGERY_VARIANTS as SURGERY_NAMES
+from pipeline.cam.config import CamConfig
+from pipeline.cam.images import normalise_then_resize
 from pipeline.cam.par import par
 from pipeline.cam.rar import random_walk
 from pipeline.cam.surgery import surgery_forward
 from pipeline.cam.text_cam import fuse_cache, minmax_normalise, text_cams
+from pipeline.diffusion.correlation import resample_correlation
+from pipeline.grids import square_side
 from pipeline.metrics import IGNORE
 
-#: surgery variants (method.md C1 and "ExCEL's CAM path"): blocks, (w_q, w_k, w_v)
+#: surgery variants (method.md C1 and "ExCEL's CAM path", names in pipeline.cam.config): blocks, (w_q, w_k, w_v)
 SURGERY_VARIANTS: dict[str, tuple[int, tuple[float, float, float]]] = {
     "diclip": (3, (1.0, 2.0, 0.0)),
     "excel": (5, (1 / 3, 1 / 3, 1 / 3)),
 }
+assert tuple(SURGERY_VARIANTS) == SURGERY_NAMES, "pipeline.cam.config.SURGERY_VARIANTS names the same variants"
 
-
-@dataclass(frozen=True)
-class CamConfig:
-    """The switches of the CAM path (the `cams` params section, resolved)."""
-
-    clip_size: int
-    mean_255: tuple[float, float, float] = IMAGENET_MEAN_255  # normalisation on the 0-255 scale (DiCLIP, ExCEL)
-    std_255: tuple[float, float, float] = IMAGENET_STD_255
-    surgery: str = "diclip"
-    surgery_blocks: int | None = None  # None: the variant's (DiCLIP 3, ExCEL 5)
-    head_reduce: str = "sum"  # how heads share the surgery attention (DiCLIP, ExCEL: sum)
-    token_norm: str = "token"  # L2 over tokens (ExCEL's and DiCLIP's code) or over features (a cosine)
-    cls_weighting: bool = True  # CLIP-ES's class-token text weights inside feature surgery
-    vce: bool = True
-    refine: bool = True
-    box_threshold: float = 0.88
-    affinity_blocks: int = 6
-    sinkhorn_rounds: int = 3
-    exclusive_box_end: bool = True
-    rar: bool = True
-    rar_iterations: int = 10
-    bg_threshold: float | None = None  # None: background = 1 - max (DiCLIP); else a constant background score
-    par: bool = False  # PAR on the full-size [background, classes] scores before the argmax (ExCEL)
-    par_iterations: int = 20
-    ignore_band: tuple[float, float] | None = None  # pixels whose best class score lies in (low, high] -> 255
-    scales: tuple[float, ...] = (1.0,)  # CLIP input scales (1.0 must be one: its attention refines)
-    flip: bool = False  # also the mirrored image at every scale (max over the two)
+#: (mean, std) of the CLIP input on the 0-255 scale, per channel
+Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
 #: a cache CAM: (F, L, E) surgery tokens before normalisation (token 0 = the class token) -> (F, C, L - 1)
@@ -70,14 +50,17 @@ class ImageCams:
     the output grid s (P's grid t with RAR, else the CLIP grid), and the pseudo-label (0 background,
     c + 1 class c). :meth:`batch` does several images with one CLIP forward per scale (their
     mirrors in the same batch); a cache CAM (`cache`, the TSA cache) is fused with the text CAM as
-    minmax(cache_weight * cache + text)."""
+    minmax(config.cache_weight * cache + text). `normalisation` is the CLIP input's (mean, std) on
+    the 0-255 scale, resolved from `config.normalise` by whoever loaded the CLIP."""
 
     def __init__(self, visual: torch.nn.Module, text: torch.Tensor, num_classes: int, config: CamConfig,
-                 cache: CacheCams | None = None, cache_weight: float = 0.0) -> None:
+                 normalisation: Normalisation, cache: CacheCams | None = None) -> None:
         if config.surgery not in SURGERY_VARIANTS:
             raise ValueError(f"surgery must be one of {sorted(SURGERY_VARIANTS)}, got {config.surgery!r}")
         self.visual, self.text, self.num_classes, self.config = visual, text.float(), num_classes, config
-        self.cache, self.cache_weight = cache, cache_weight
+        self.mean_255, self.std_255 = (tuple(v) for v in normalisation)
+        self.cache = cache if config.cache_weight else None
+        self.rule = LabelRule.from_config(config, normalisation)
         self.patch = int(visual.conv1.kernel_size[0])
         self.grid = config.clip_size // self.patch
         self.heads = int(visual.transformer.resblocks[0].attn.num_heads)
@@ -113,16 +96,28 @@ class ImageCams:
             side = g
             if cfg.rar and transitions[i] is not None:  # P's grid is the output grid, also without classes
                 p = torch.from_numpy(transitions[i]).float()
-                side = int(round(p.shape[0] ** 0.5))
+                side = square_side(p.shape[0], "transition rows")
                 if len(c):
                     k = random_walk(k, g, p, iterations=cfg.rar_iterations)
             stored = np.zeros((self.num_classes, side, side), dtype=np.float16)
             if len(c):
                 stored[c] = minmax_normalise(k, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(np.float16)
-            results.append({"cams": stored, "label": LabelRule.from_config(cfg)(stored, presents[i], images[i])})
-            if features:
-                results[-1]["features"] = F.normalize(base_tokens[i * (2 if cfg.flip else 1), 1:], dim=-1).numpy()
+            results.append({"cams": stored, "label": self.rule(stored, presents[i], images[i])})
+        if features:
+            for result, f in zip(results, self._features(base_tokens, n)):
+                result["features"] = f
         return results
+
+    @torch.no_grad()
+    def patch_features(self, images: list[np.ndarray], correlations: list[np.ndarray | None]) -> list[np.ndarray]:
+        """(g*g, E) float32 per image: the base scale's patch tokens (surgery stream, with R when `vce`),
+        L2-normalised over features, as :meth:`batch` gives them with `features`, without the rest of
+        the path (refinement, RAR, labels)."""
+        return self._features(self._scale_cams(images, correlations, 1.0)[2], len(images))
+
+    def _features(self, tokens: torch.Tensor, n: int) -> list[np.ndarray]:
+        step = 2 if self.config.flip else 1  # each image's mirror follows it in the batch
+        return [F.normalize(tokens[i * step, 1:], dim=-1).numpy() for i in range(n)]
 
     def _refine(self, out, kept: list[torch.Tensor]) -> list[torch.Tensor]:
         """Affinity refinement of each image's present-class CAMs with its base-scale attention; the
@@ -150,11 +145,12 @@ class ImageCams:
         gs = size // self.patch
         x, bias = [], []
         for image, r in zip(images, correlations):
-            xi = normalise_then_resize(image, size, mean=cfg.mean_255, std=cfg.std_255)
+            xi = normalise_then_resize(image, size, mean=self.mean_255, std=self.std_255)
             x += [xi, xi.flip(-1)] if cfg.flip else [xi]
             if cfg.vce and r is not None:
                 r = torch.from_numpy(r).float()
-                bias += [_correlation_at(r, gs, flip=False)] + ([_correlation_at(r, gs, flip=True)] if cfg.flip else [])
+                side = square_side(r.shape[0], "correlation rows")
+                bias += [resample_correlation(r, side, gs)] + ([resample_correlation(r, side, gs, flip=True)] if cfg.flip else [])
         if bias and len(bias) != len(x):
             raise ValueError("vce needs R for every image of a batch, or for none")
         out = surgery_forward(self.visual, torch.cat(x).to(self.visual.conv1.weight.dtype), surgery_blocks=self.blocks,
@@ -163,8 +159,8 @@ class ImageCams:
         tokens = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1).float()
         cams = text_cams(tokens, self.text, token_norm=cfg.token_norm, cls_weighting=cfg.cls_weighting,
                          cls_from_tokens=True, minmax_with_cls=True, eps=0.0)[:, :self.num_classes]  # (B, C, gs*gs)
-        if self.cache is not None and self.cache_weight:  # the TSA cache's CAM enters here (method.md C3-C4)
-            cams = fuse_cache(cams, self.cache(tokens)[:, :self.num_classes], self.cache_weight)
+        if self.cache is not None:  # the TSA cache's CAM enters here (method.md C3-C4)
+            cams = fuse_cache(cams, self.cache(tokens)[:, :self.num_classes], cfg.cache_weight)
         flips = 2 if cfg.flip else 1
         maps = cams.reshape(len(images), flips, self.num_classes, gs, gs)
         if cfg.flip:
@@ -173,20 +169,6 @@ class ImageCams:
         if gs != g:
             maps = F.interpolate(maps, size=(g, g), mode="bilinear", align_corners=False)
         return out, maps.reshape(len(images), flips, self.num_classes, g, g).amax(1), tokens
-
-
-def _correlation_at(r: torch.Tensor, grid: int, *, flip: bool) -> torch.Tensor:
-    """Stage A's R (n, n) at the patch grid `grid` of a scale: as stored when the grids agree (mirrored
-    by permutation for a flip), else resampled (pipeline.diffusion.correlation.resample_correlation)."""
-    from pipeline.diffusion.correlation import resample_correlation
-
-    side = int(round(r.shape[0] ** 0.5))
-    if side != grid:
-        return resample_correlation(r, side, grid, flip=flip)
-    if not flip:
-        return r
-    perm = torch.arange(side * side).reshape(side, side).flip(-1).reshape(-1)
-    return r[perm][:, perm]
 
 
 @dataclass(frozen=True)
@@ -198,12 +180,12 @@ class LabelRule:
     image normalised with `mean_255`/`std_255` and resized to `guide_size`) brought back to the image
     size with align_corners=True, as ExCEL feeds it."""
 
-    bg_threshold: float | None = None
-    par_iterations: int = 0  # 0: no PAR
-    ignore_band: tuple[float, float] | None = None
-    guide_size: int = 320
-    mean_255: tuple[float, float, float] = IMAGENET_MEAN_255
-    std_255: tuple[float, float, float] = IMAGENET_STD_255
+    guide_size: int  # the CLIP input size (cams.clip_size)
+    mean_255: tuple[float, float, float]  # the CLIP input's normalisation on the 0-255 scale
+    std_255: tuple[float, float, float]
+    bg_threshold: float | None  # None: 1 - max
+    par_iterations: int  # 0: no PAR
+    ignore_band: tuple[float, float] | None  # None: every pixel labelled
 
     def __call__(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray) -> np.ndarray:
         return label_from_cams(cams, present, image.shape[:2], self.bg_threshold, guide=self._guide(present, image),
@@ -234,11 +216,11 @@ class LabelRule:
         return F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=True)[0]
 
     @classmethod
-    def from_config(cls, cfg: CamConfig) -> "LabelRule":
-        """The rule of a CAM path's config."""
-        return cls(cfg.bg_threshold, cfg.par_iterations if cfg.par else 0,
-                   None if cfg.ignore_band is None else tuple(cfg.ignore_band), cfg.clip_size,
-                   tuple(cfg.mean_255), tuple(cfg.std_255))
+    def from_config(cls, cfg: CamConfig, normalisation: Normalisation) -> "LabelRule":
+        """The rule of a CAM path's config, with its CLIP input's (mean, std)."""
+        mean, std = normalisation
+        return cls(cfg.clip_size, tuple(mean), tuple(std), cfg.bg_threshold, cfg.par_iterations if cfg.par else 0,
+                   None if cfg.ignore_band is None else tuple(cfg.ignore_band))
 
     def to_attrs(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.grids import square_side
 
-def random_walk(cams: torch.Tensor, grid: int, transition: torch.Tensor, *, iterations: int = 10) -> torch.Tensor:
+
+def random_walk(cams: torch.Tensor, grid: int, transition: torch.Tensor, *, iterations: int) -> torch.Tensor:
     """(K, g*g) CAMs on a g x g grid and P (t*t, t*t) -> (K, t*t) walked CAMs on P's t x t grid
     (each class sums to 1; classes of zero mass stay zero)."""
     k = cams.shape[0]
-    t = int(round(transition.shape[0] ** 0.5))
+    t = square_side(transition.shape[0], "transition rows")
     x = cams.float().reshape(k, 1, grid, grid)
     if t != grid:
         x = F.interpolate(x, size=(t, t), mode="bilinear", align_corners=False)

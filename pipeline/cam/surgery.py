@@ -26,12 +26,13 @@ head-summed map, rows summing to the number of heads, applied to every head's va
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.grids import square_side
 
 HEAD_REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
 
@@ -72,9 +73,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     practice). Returns (1 + gh * gw, W); the input itself when the grid already matches.
     """
     n_patches = pos_embed.shape[0] - 1
-    side = math.isqrt(n_patches)
-    if side * side != n_patches:
-        raise ValueError(f"position embedding of {n_patches} patches is not a square grid")
+    side = square_side(n_patches, "position-embedding patches")
     if (side, side) == tuple(grid):
         return pos_embed
     cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from pipeline.data.layout import IGNORE_INDEX, DatasetError
+from pipeline.data.layout import DatasetError
+from pipeline.metrics import IGNORE
 
 # What PIL raises on a broken or non-image file, depending on the format plugin.
 _DECODE_ERRORS = (
@@ -109,11 +110,11 @@ def labels_from_mask(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarr
     Values 0 (background) and 255 (ignore) carry no label; any other value above C raises.
     """
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))  # sorted values in mask
-    bad = present[(present > num_classes) & (present != IGNORE_INDEX)]
+    bad = present[(present > num_classes) & (present != IGNORE)]
     if bad.size:
         raise DatasetError(
             f"mask {path} has values {bad.tolist()} outside the allowed range 0..{num_classes} "
-            f"(0 = background, 1..{num_classes} = classes, {IGNORE_INDEX} = ignore)"
+            f"(0 = background, 1..{num_classes} = classes, {IGNORE} = ignore)"
         )
     labels = np.zeros(num_classes, dtype=np.uint8)
     foreground = present[(present >= 1) & (present <= num_classes)]

@@ -8,6 +8,7 @@ Everything here is cheap (folder checks and small text files); per-image decodin
 from __future__ import annotations
 
 from pipeline.errors import UserError
+from pipeline.metrics import IGNORE
 import os
 import re
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ IMAGE_DIR = "JPEGImages"
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 SPLIT_DIR = "ImageSets/Segmentation"
 CLASS_NAMES_FILE = "class_names.txt"
-IGNORE_INDEX = 255
 MAX_CLASSES = 254  # mask values 1..254; 255 is ignore
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _BACKGROUND_NAMES = frozenset({"background", "_background_", "__background__", "bg"})
@@ -317,7 +317,7 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     if len(names) > MAX_CLASSES:
         raise DatasetError(
             f"class-name file {path} lists {len(names)} classes; at most {MAX_CLASSES} fit in "
-            f"8-bit masks ({IGNORE_INDEX} is the ignore value)"
+            f"8-bit masks ({IGNORE} is the ignore value)"
         )
     return tuple(names)
 

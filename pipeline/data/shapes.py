@@ -46,7 +46,7 @@ from PIL import Image
 
 from pipeline.data import shapes_render
 from pipeline.data.palette import voc_palette
-from pipeline.data.shapes_config import ShapesConfig
+from pipeline.data.config import ShapesConfig
 from pipeline import atomic
 
 log = logging.getLogger(__name__)

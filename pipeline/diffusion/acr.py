@@ -14,42 +14,19 @@ i. Steps (DiffSeg's merging, then DiCLIP's k-means refinement):
    and soft maps: cluster k's mean attention row as a spatial map, normalised over clusters at
    every pixel (so the K soft maps sum to 1 per pixel).
 
-The five knobs are one :class:`ACRConfig`. Pure numpy (and scikit-learn); no files, no models.
+Its knobs are one :class:`pipeline.diffusion.config.AcrConfig` (the params' `diffusion_attention.acr`).
+Pure numpy (and scikit-learn); no files, no models.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.diffusion.config import AcrConfig
+
 EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class ACRConfig:
-    """The knobs of :func:`acr` (defaults: the tiny SD on the shapes world; see the diffusion_attention params)."""
-
-    anchor_grid: int = 16  # anchors on an anchor_grid x anchor_grid lattice of the token grid (capped at the grid)
-    merge_kl: float = 0.005  # merge proposals whose symmetric KL is below this
-    merge_rounds: int = 3  # merging rounds (stops earlier when nothing changes)
-    max_clusters: int = 16  # at most this many clusters (closest proposals merged beyond it)
-    kmeans_iters: int = 10  # k-means refinement iterations from the proposals (0: nearest proposal only)
-
-    def __post_init__(self) -> None:
-        for name, low in (("anchor_grid", 1), ("merge_rounds", 0), ("max_clusters", 1), ("kmeans_iters", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if isinstance(self.merge_kl, bool) or not isinstance(self.merge_kl, (int, float, np.number)) \
-                or not self.merge_kl > 0:
-            raise ValueError(f"merge_kl must be > 0, got {self.merge_kl!r}")
-
-    @classmethod
-    def from_fields(cls, source: Any) -> "ACRConfig":
-        """The five fields read by name from any object carrying them (e.g. the diffusion_attention params)."""
-        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -161,7 +138,7 @@ def kmeans_refine(features: np.ndarray, init: np.ndarray, *, iters: int, threads
 def acr(
     attention: np.ndarray,
     grid_hw: tuple[int, int] | int,
-    config: ACRConfig,
+    config: AcrConfig,
     *,
     threads: int = 1,
 ) -> ACRResult:
@@ -169,8 +146,8 @@ def acr(
 
     ``threads``: scikit-learn's k-means threads (threadpoolctl limit).
     """
-    if not isinstance(config, ACRConfig):
-        raise TypeError(f"config must be an ACRConfig, got {type(config).__name__}")
+    if not isinstance(config, AcrConfig):
+        raise TypeError(f"config must be an AcrConfig, got {type(config).__name__}")
     h, w = (grid_hw, grid_hw) if isinstance(grid_hw, (int, np.integer)) else grid_hw
     if np.shape(attention) != (h * w, h * w):
         raise ValueError(f"attention has shape {np.shape(attention)}, expected ({h * w}, {h * w}) for a {h}x{w} grid")
@@ -184,13 +161,6 @@ def acr(
     soft = centres.astype(np.float64).reshape(-1, h, w)  # cluster k's mean attention as a map
     soft = soft / np.maximum(soft.sum(0, keepdims=True), EPS)
     return ACRResult(soft=soft.astype(np.float32), hard=labels.reshape(h, w), n_proposals=n_proposals)
-
-
-def pad_soft(soft: np.ndarray, max_clusters: int) -> np.ndarray:
-    """(K, h, w) -> (max_clusters, h, w): zero maps after the K real ones (the stored layout)."""
-    out = np.zeros((max_clusters, *soft.shape[1:]), dtype=soft.dtype)
-    out[: len(soft)] = soft
-    return out
 
 
 def _as_distributions(x: np.ndarray, dtype: type = np.float64) -> np.ndarray:

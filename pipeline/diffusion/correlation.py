@@ -38,7 +38,7 @@ def head_scores(query: torch.Tensor, key: torch.Tensor, grid_hw: tuple[int, int]
     return q @ k.transpose(-1, -2)
 
 
-def normalise_scores(scores: torch.Tensor, threshold: float = 0.2) -> torch.Tensor:
+def normalise_scores(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """Each column over its max across queries (+eps), entries below `threshold` zeroed (negatives
     too), rows renormalised (+eps): a (..., n, n) matrix of non-negative rows summing to ~1."""
     s = scores / (scores.amax(dim=-2, keepdim=True) + EPS)
@@ -52,7 +52,7 @@ def head_product(maps: torch.Tensor) -> torch.Tensor:
 
 
 def layer_correlation(query: torch.Tensor, key: torch.Tensor, grid_hw: tuple[int, int], size: int,
-                      threshold: float = 0.2) -> torch.Tensor:
+                      threshold: float) -> torch.Tensor:
     """DiCLIP's A (size^2, size^2) float32 from the selected heads' (heads, n, d) queries and keys."""
     return head_product(normalise_scores(head_scores(query, key, grid_hw, size), threshold))
 
@@ -70,21 +70,26 @@ def refine(a: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def resample_correlation(r: torch.Tensor, grid: int, size: int, *, flip: bool = False) -> torch.Tensor:
-    """R (g^2, g^2) on a g x g grid -> (size^2, size^2): keys and queries resampled bilinearly
-    (align_corners=False), rows renormalised; `flip` mirrors both axes (for a flipped image)."""
+    """R (g^2, g^2) on a g x g grid -> (size^2, size^2) for a CAM scale's patch grid; `flip` mirrors both
+    axes (for a flipped image). At another size, keys and queries are resampled bilinearly
+    (align_corners=False) and rows renormalised; at the same size R is returned as stored (mirrored by a
+    permutation), rows untouched: a row DiCLIP's threshold emptied stays empty."""
     n = grid * grid
     if r.shape != (n, n):
         raise ValueError(f"R must be ({n}, {n}) for grid {grid}, got {tuple(r.shape)}")
+    if size == grid:
+        if not flip:
+            return r
+        perm = torch.arange(n).reshape(grid, grid).flip(-1).reshape(-1)
+        return r[perm][:, perm]
     x = r.float().reshape(n, grid, grid)  # each row as a key map
     if flip:
         x = x.flip(-1)
-    if size != grid:
-        x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     x = x.reshape(grid, grid, size * size).permute(2, 0, 1)  # (size^2 keys, g, g query grid)
     if flip:
         x = x.flip(-1)
-    if size != grid:
-        x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     out = x.reshape(size * size, size * size).T.contiguous()  # (queries, keys)
     return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
 

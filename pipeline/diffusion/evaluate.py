@@ -55,5 +55,19 @@ def transition_summary(kept: np.ndarray, truncated: np.ndarray) -> dict[str, flo
             "transition_truncated_rows": float(truncated.mean())}
 
 
+def stage_a_metric(recipe: str, per_image: Sequence[Mapping[str, float]], transition_stats: tuple | None,
+                   **context: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stage A's metric as (headline, detail): the headline holds the stored clusters' best-match IoU,
+    its ceiling at the grid (the mask sampled there) and P's kept mass; the detail everything
+    `summarise` and `transition_summary` give, with `context` (split, model, sizes)."""
+    metric = summarise(recipe, per_image)
+    transition = transition_summary(*transition_stats) if transition_stats is not None else {}
+    headline = {"best_match_iou": metric.get(f"{recipe}_best_match_iou"),
+                "best_match_ceiling": metric.get("mask_at_grid_best_match_iou")}
+    if transition:
+        headline["kept_mass"] = transition["transition_kept_mass"]
+    return headline, {**context, "recipe": recipe, **metric, **transition}
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.nanmean(values)) if values and not np.all(np.isnan(values)) else None

@@ -37,7 +37,7 @@ def symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = KL_EPS) -> torch
     return 0.5 * ((a * la).sum(-1)[:, None] + (b * lb).sum(-1)[None, :] - a @ lb.T - la @ b.T)
 
 
-def kl_assign(a: torch.Tensor, grid: int, *, anchor_stride: int | None = None, rounds: int = 5) -> tuple[torch.Tensor, int]:
+def kl_assign(a: torch.Tensor, grid: int, *, anchor_stride: int | None, rounds: int) -> tuple[torch.Tensor, int]:
     """Cluster the g^2 patches of A (g^2, g^2): (ids (g^2,) int64 numbered 0..K-1 in anchor order, K)."""
     n = grid * grid
     if a.shape != (n, n):

@@ -15,13 +15,12 @@ Pure given a loaded pipeline; the stage (stages/diffusion_attention.py) stores t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.diffusion.acr import ACRConfig, acr
+from pipeline.diffusion.acr import acr
 from pipeline.diffusion.capture import (
     add_noise,
     capture_self_attention,
@@ -33,87 +32,51 @@ from pipeline.diffusion.capture import (
     sd_alphas_cumprod,
     vae_factor,
 )
+from pipeline.diffusion.config import StageAConfig
 from pipeline.diffusion.correlation import cluster_rows, layer_correlation
 from pipeline.diffusion.kl_assign import anchor_positions, default_anchor_stride, kl_assign
 from pipeline.diffusion.selected import LayerTap, capture_layers
 from pipeline.diffusion.transition import head_probabilities, sharpen_transition, top_k_rows
+from pipeline.grids import square_side
 
-RECIPES = ("diclip", "acr")
-
-
-@dataclass(frozen=True)
-class ForwardConfig:
-    """The one UNet pass: input size and resize, timestep, noise and prompt."""
-
-    image_size: int
-    timestep: int
-    resize: str = "diclip"  # diclip: bilinear without antialias, then uint8 truncation (as DiCLIP feeds SD); antialias
-    add_noise: bool = True
-    noise_seed: int = 0
-    prompt: str = ""
-
-
-@dataclass(frozen=True)
-class DiclipConfig:
-    """DiCLIP's correlation layer, heads, threshold and KL-assignment clustering."""
-
-    layer: str
-    heads: tuple[int, ...]
-    threshold: float = 0.2
-    anchor_stride: int | None = None  # null: grid // 3
-    rounds: int = 5
-
-    def max_clusters(self, grid: int) -> int:
-        return len(anchor_positions(grid, self.anchor_stride or default_anchor_stride(grid)))
-
-
-@dataclass(frozen=True)
-class TransitionConfig:
-    """The RAR layer, its heads, DiCLIP's sharpening strength and the stored entries per row (0: none)."""
-
-    layer: str
-    heads: tuple[int, ...]
-    sharpen: float = 0.02
-    topk: int = 64
-
-
-def max_clusters(recipe: str, diclip: DiclipConfig, acr_config: ACRConfig, grid: int) -> int:
-    """Length of the stored cluster-row axis for `recipe` at grid g."""
-    return diclip.max_clusters(grid) if recipe == "diclip" else acr_config.max_clusters
+def max_clusters(config: StageAConfig) -> int:
+    """Length of the stored cluster-row axis of `config`'s recipe at its grid g."""
+    if config.recipe == "diclip":
+        return len(anchor_positions(config.grid, config.diclip.anchor_stride or default_anchor_stride(config.grid)))
+    return config.acr.max_clusters
 
 
 class StageAMaps:
     """`(image (H, W, 3) uint8, image id) -> {clusters, k, rows[, transition_*]}`, arrays of fixed shapes.
 
-    clusters (g, g) uint8, k () int32, rows (max_k, g^2) float16 (zero after k), and with a
-    transition: transition_values (t^2, k_t) float16, transition_index (t^2, k_t) int16,
-    transition_kept () float32 (mean kept mass per row), transition_truncated () float32 (fraction
-    of rows with more non-zeros than k_t).
+    `config` is resolved (pipeline.diffusion.plan: image_size and timestep set, layer paths checked).
+    clusters (g, g) uint8, k () int32, rows (max_k, g^2) float16 (zero after k), and with `transition`:
+    transition_values (t^2, k_t) float16, transition_index (t^2, k_t) int16, transition_kept () float32
+    (mean kept mass per row), transition_truncated () float32 (fraction of rows with more non-zeros than k_t).
     """
 
-    def __init__(self, pipe: Any, *, recipe: str, forward: ForwardConfig, grid: int, diclip: DiclipConfig,
-                 acr_config: ACRConfig, transition: TransitionConfig | None, cluster_grid: int | None = None,
-                 block_bytes: int = 8 << 20, unet: torch.nn.Module | None = None) -> None:
-        if recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    def __init__(self, pipe: Any, config: StageAConfig, *, latent_size: int | None = None, transition: bool = True,
+                 unet: torch.nn.Module | None = None) -> None:
+        if config.image_size is None or config.timestep is None:
+            raise ValueError("StageAMaps needs a resolved config (pipeline.diffusion.plan): image_size and timestep set")
         self.pipe, self.unet = pipe, pipe.unet if unet is None else unet
-        self.recipe, self.forward, self.grid = recipe, forward, int(grid)
-        self.diclip, self.acr_config, self.transition = diclip, acr_config, transition
+        self.config, self.grid = config, int(config.grid)
+        self.transition = config.transition if transition and config.transition.topk else None
         factor = vae_factor(pipe)
-        if forward.image_size % factor:
-            raise ValueError(f"image_size {forward.image_size} is not a multiple of the VAE factor {factor}")
-        self.latent_size = forward.image_size // factor
-        self.cluster_grid = cluster_grid or self.latent_size
-        self.block_bytes = block_bytes
-        self.max_k = max_clusters(recipe, diclip, acr_config, self.grid)
-        self.text = encode_prompt(pipe, forward.prompt)
+        if config.image_size % factor:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of the VAE factor {factor}")
+        self.latent_size = config.image_size // factor if latent_size is None else latent_size
+        self.cluster_grid = config.acr.cluster_grid or self.latent_size
+        self.block_bytes = config.acr.block_mb << 20
+        self.max_k = max_clusters(config)
+        self.text = encode_prompt(pipe, config.prompt)
         alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
         self.alphas_cumprod = sd_alphas_cumprod() if alphas is None else alphas
         self.threads = torch.get_num_threads()
 
     def latents(self, image: np.ndarray, image_id: str) -> torch.Tensor:
         """(1, C, l, l) latent of the image at the timestep (noised with its own seed when add_noise)."""
-        f = self.forward
+        f = self.config
         latents = encode_images(self.pipe.vae, [image], f.image_size, antialias=f.resize == "antialias",
                                 truncate=f.resize == "diclip")
         if f.add_noise:
@@ -124,19 +87,20 @@ class StageAMaps:
     def __call__(self, image: np.ndarray, image_id: str) -> dict[str, np.ndarray]:
         latents = self.latents(image, image_id)
         taps = [LayerTap(self.transition.layer, self.transition.heads)] if self.transition else []
-        if self.recipe == "diclip":
-            corr = LayerTap(self.diclip.layer, self.diclip.heads)
-            captured = capture_layers(self.unet, latents, self.text, self.forward.timestep, [corr, *taps])
+        cfg = self.config
+        if cfg.recipe == "diclip":
+            corr = LayerTap(cfg.diclip.layer, cfg.diclip.heads)
+            captured = capture_layers(self.unet, latents, self.text, cfg.timestep, [corr, *taps])
             c = captured[corr.path]
-            a = layer_correlation(c.query[0], c.key[0], self._grid_of(c.tokens), self.grid, self.diclip.threshold)
-            ids, k = kl_assign(a, self.grid, anchor_stride=self.diclip.anchor_stride, rounds=self.diclip.rounds)
+            a = layer_correlation(c.query[0], c.key[0], (square_side(c.tokens, 'attention tokens'),) * 2, self.grid, cfg.diclip.threshold)
+            ids, k = kl_assign(a, self.grid, anchor_stride=cfg.diclip.anchor_stride, rounds=cfg.diclip.rounds)
         else:
             captured = {}
             attention = capture_self_attention(
-                self.unet, latents, self.text, self.forward.timestep, grid=self.cluster_grid, noise_seed=None,
+                self.unet, latents, self.text, cfg.timestep, grid=self.cluster_grid, noise_seed=None,
                 block_bytes=self.block_bytes, taps=taps, sink=captured)  # (1, G^2, G^2), latents already noised
             G = self.cluster_grid
-            result = acr(attention[0].cpu().numpy(), G, self.acr_config, threads=self.threads)
+            result = acr(attention[0].cpu().numpy(), G, cfg.acr, threads=self.threads)
             soft = resize_grids(torch.from_numpy(result.soft).float(), (self.grid, self.grid))  # (K, g, g)
             ids = torch.unique(soft.argmax(0).reshape(-1), return_inverse=True)[1]
             k = int(ids.max()) + 1
@@ -145,12 +109,6 @@ class StageAMaps:
         if self.transition:
             out.update(self._transition_outputs(captured[self.transition.layer]))
         return out
-
-    def _grid_of(self, tokens: int) -> tuple[int, int]:
-        side = int(round(tokens ** 0.5))
-        if side * side != tokens:
-            raise ValueError(f"{tokens} attention tokens do not form a square grid")
-        return side, side
 
     def _cluster_outputs(self, a: torch.Tensor, ids: torch.Tensor, k: int) -> dict[str, np.ndarray]:
         g = self.grid

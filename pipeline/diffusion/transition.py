@@ -21,7 +21,7 @@ def head_probabilities(query: torch.Tensor, key: torch.Tensor, scale: float) -> 
     return (query.float() @ key.float().transpose(-1, -2) * scale).softmax(-1).mean(0)
 
 
-def sharpen_transition(p0: torch.Tensor, strength: float = 0.02) -> torch.Tensor:
+def sharpen_transition(p0: torch.Tensor, strength: float) -> torch.Tensor:
     """DiCLIP's transition from head-mean probabilities (..., n, n): rows sum to 1 (a row that the
     clamp empties stays zero)."""
     p = p0.float() / p0.float().amax(dim=-2, keepdim=True).clamp_min(1e-30)

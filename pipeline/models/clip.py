@@ -215,6 +215,35 @@ def clip_patch_size(model_name: str) -> int:
     return int(patch if isinstance(patch, int) else patch[0])
 
 
+def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
+    """What a CLIP's weights are: a local checkpoint by the sha256 of its bytes (retrained weights at the
+    same path are other weights), a tag or none by name."""
+    import hashlib
+
+    path = Path(pretrained).expanduser() if pretrained else None
+    if path is None or not path.is_file():
+        return f"{model_name}:{pretrained}"
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # ImageNet mean/std on the 0-255 scale (ExCEL's and DiCLIP's CLIP input)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+def input_normalisation(normalise: str, model_name: str, pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0-255 scale of every CLIP input, the CAM path's and the segmenter's, as
+    `cams.normalise` says: ImageNet's (DiCLIP, ExCEL) or `model`, the CLIP's own (resolved from its
+    config and weights tag without loading weights)."""
+    if normalise != "model":
+        return IMAGENET_MEAN_255, IMAGENET_STD_255
+    mean, std = clip_normalisation(model_name, pretrained)
+    return tuple(255 * m for m in mean), tuple(255 * s for s in std)
+
+
 def clip_normalisation(model_name: str, pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on the 0-1 scale that :func:`load_clip` gives ``model.visual.preprocess_cfg``,
     from the registered config and the tag's entry (no weights loaded, no network)."""

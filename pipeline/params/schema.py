@@ -9,7 +9,7 @@ Reading the file (encoding by BOM, YAML with duplicate keys rejected) lives here
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
+from pipeline.errors import ParamsError
 import codecs
 import dataclasses
 import re
@@ -21,10 +21,6 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin, 
 import yaml
 
 T = TypeVar("T")
-
-
-class ParamsError(UserError, ValueError):
-    """A params value or key is wrong; the message names the dotted key and what was expected."""
 
 
 # BOM -> codec that drops it; UTF-32 LE before UTF-16 LE, whose BOM is a prefix of it
@@ -158,7 +154,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
             + (f" (and {', '.join(unknown[1:])})" if unknown[1:] else "")
             + f"; {valid}"
         )
-    kwargs = {name: _convert(hints[name], value, _join(where, name)) for name, value in data.items()}
+    kwargs = {name: convert(hints[name], value, _join(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except ParamsError:
@@ -234,7 +230,7 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def convert(tp: Any, value: Any, key: str) -> Any:
     """Check `value` against type hint `tp` and convert lists to tuples, mappings to dataclasses."""
     origin = get_origin(tp)
     bad = ParamsError(f"{key} must be {_describe(tp)}, got {value!r}")
@@ -247,7 +243,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         for option in get_args(tp):
             try:
-                return _convert(option, value, key)
+                return convert(option, value, key)
             except ParamsError:
                 continue
         raise bad
@@ -255,7 +251,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         (item_tp, *_rest) = get_args(tp)
-        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (dict, typing.Mapping, Mapping):
         if not isinstance(value, Mapping):
             raise bad
@@ -263,7 +259,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if key_tp is str:
             for k in value:
                 _check_key(k, key)
-        return {_convert(key_tp, k, key): _convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+        return {convert(key_tp, k, key): convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
     if tp is type(None):
         if value is not None:
             raise bad

@@ -1,7 +1,9 @@
 """The params.yaml sections, one frozen dataclass of defaults per stage (params.yaml holds overrides).
 
 Each stage reads only its own sections; dvc.yaml lists exactly those as the stage's `params`, so a
-change reruns only the stages that read it.
+change reruns only the stages that read it. A section that configures an algorithm is that
+algorithm's config (`pipeline/<package>/config.py`) or a subclass adding the stage's storage and
+evaluation keys: no field or default is written twice (tests/test_params.py checks it).
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.data.shapes_config import ShapesConfig
+from pipeline.cam.config import CamConfig
+from pipeline.data.config import ShapesConfig
+from pipeline.diffusion.config import StageAConfig
+from pipeline.segment.config import InferenceConfig, TrainConfig
+from pipeline.tsa.config import AdapterConfig
 
 DatasetKind = Literal["folder", "voc", "coco"]
 
@@ -121,106 +127,14 @@ class ModelsParams:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
 
 
-SD21_CORRELATION_LAYER = "up_blocks.1.attentions.2.transformer_blocks.0.attn1"  # 10x10 tokens at 320 px (method.md A2)
-SD21_TRANSITION_LAYER = "up_blocks.3.attentions.1.transformer_blocks.0.attn1"  # 40x40 tokens at 320 px (method.md A5)
-RECIPES = ("diclip", "acr")
-RESIZES = ("diclip", "antialias")
-
-
-def _check_heads(where: str, heads: tuple[int, ...]) -> None:
-    if not heads or any(h < 0 for h in heads):
-        raise ValueError(f"{where} must list one or more 0-based head indices, got {list(heads)}")
-
-
 @dataclass(frozen=True)
-class DiclipRecipeParams:
-    """Recipe `diclip` (method.md Stage A 2-4): one layer's selected heads -> A -> KL assignment -> R."""
-
-    layer: str = SD21_CORRELATION_LAYER  # diffusers module path of the correlation layer (DiCLIP's bracket spelling accepted); the stage lists the valid ones when it is wrong
-    heads: tuple[int, ...] = (1, 2)  # 0-based heads whose normalised q~k~^T maps are multiplied in this order (DiCLIP: 1 and 2)
-    threshold: float = 0.2  # entries below this fraction of their column's max are zeroed (DiCLIP 0.2)
-    anchor_stride: int | None = None  # anchors at range(0, grid, stride)^2; null: grid // 3 (DiCLIP: 0, 6, 12, 18 on 20x20 -> 16 anchors)
-    rounds: int = 5  # nearest-anchor assignment rounds (DiCLIP 5)
-
-    def __post_init__(self) -> None:
-        if not self.layer.strip():
-            raise ValueError("layer must name a self-attention layer, got an empty string")
-        _check_heads("heads", self.heads)
-        if not 0 <= self.threshold < 1:
-            raise ValueError(f"threshold must lie in [0, 1), got {self.threshold}")
-        if self.anchor_stride is not None and self.anchor_stride < 1:
-            raise ValueError(f"anchor_stride must be null or >= 1, got {self.anchor_stride}")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
-
-
-@dataclass(frozen=True)
-class AcrRecipeParams:
-    """Recipe `acr` (the project's recipe before DiCLIP's code was public): every self-attention layer
-    aggregated at the cluster grid, DiffSeg KL merging, k-means; R = cluster-mean rows of the aggregate."""
-
-    cluster_grid: int | None = None  # token grid every layer is brought to (G x G); null: the finest self-attention grid (the latent size)
-    anchor_grid: int = 16  # anchors on an anchor_grid x anchor_grid lattice of the cluster grid (capped at the grid)
-    merge_kl: float = 0.005  # merge proposals within this symmetric KL: tiny SD (diffuse attention) 0.005; SD 2.x ~0.9 (DiffSeg 1.1)
-    merge_rounds: int = 3  # merging rounds (stops earlier when nothing changes)
-    max_clusters: int = 16  # at most this many clusters (closest proposals merged beyond it); the stored rows axis
-    kmeans_iters: int = 10  # k-means iterations from the merged proposals (0: nearest proposal only)
-    block_mb: int = 8  # memory (MiB) for one block of attention scores + probabilities while aggregating
-
-    def __post_init__(self) -> None:
-        if self.cluster_grid is not None and self.cluster_grid < 2:
-            raise ValueError(f"cluster_grid must be null or >= 2, got {self.cluster_grid}")
-        for name, low in (("anchor_grid", 1), ("merge_rounds", 0), ("kmeans_iters", 0), ("block_mb", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if not self.merge_kl > 0:
-            raise ValueError(f"merge_kl must be > 0, got {self.merge_kl}")
-        if not 1 <= self.max_clusters <= 255:
-            raise ValueError(f"max_clusters must lie in 1..255 (cluster ids are uint8), got {self.max_clusters}")
-
-
-@dataclass(frozen=True)
-class TransitionParams:
-    """The RAR transition P (method.md Stage A 5-6), stored sparsely for the cams stage."""
-
-    layer: str = SD21_TRANSITION_LAYER  # diffusers module path of the RAR layer (its token grid is P's grid)
-    heads: tuple[int, ...] = (1, 2)  # 0-based heads whose softmax probabilities are averaged (DiCLIP 1 and 2)
-    sharpen: float = 0.02  # DiCLIP's p + s log10(e p) sharpening after the column-max normalisation (0: none)
-    topk: int = 64  # entries kept per row (values renormalised; exact for rows with <= topk non-zeros); 0: no P stored
-
-    def __post_init__(self) -> None:
-        if not self.layer.strip():
-            raise ValueError("layer must name a self-attention layer, got an empty string")
-        _check_heads("heads", self.heads)
-        if self.sharpen < 0:
-            raise ValueError(f"sharpen must be >= 0, got {self.sharpen}")
-        if not 0 <= self.topk <= 32767:
-            raise ValueError(f"topk must lie in 0..32767 (ids are int16), got {self.topk}")
-
-
-@dataclass(frozen=True)
-class DiffusionAttentionParams:
-    """Stage A: one SD forward per image -> clusters, refined patch correlation R and RAR transition P.
+class DiffusionAttentionParams(StageAConfig):
+    """Stage A (pipeline.diffusion.config.StageAConfig) and how its store is kept and scored.
 
     Defaults reproduce DiCLIP on SD 2.1-base (the voc/coco presets); the demo's params.yaml sets
     the tiny SD's values (chosen on the train split by scripts/select_stage_a.py).
     """
 
-    recipe: str = "diclip"  # diclip (method.md A2-4) | acr (all layers aggregated, KL merging + k-means)
-    # --- the forward pass (the model itself: models.sd.model, models.device, models.precision)
-    image_size: int | None = 320  # images are resized to this square size before the VAE (DiCLIP: its 320 px CLIP input); null: the model's native size
-    resize: str = "diclip"  # diclip: bilinear without antialias, then uint8 truncation (DiCLIP's SD input); antialias: bilinear with antialiasing
-    timestep: int | None = None  # diffusion timestep of the forward; null: the model's own scheduler at schedule_steps, entry schedule_index (SD 2.1-base's PNDM: 101)
-    schedule_steps: int = 50  # with timestep null: inference steps the scheduler is set to (DiCLIP 50)
-    schedule_index: int = 45  # with timestep null: which of its timesteps (DiCLIP 45)
-    add_noise: bool = True  # add the scheduler's noise for the timestep to the VAE latent
-    noise_seed: int = 0  # each image's noise is seeded by (noise_seed, image id): results do not depend on order or workers (DiCLIP's noise is unseeded)
-    prompt: str = ""  # text conditioning of the UNet (encoded once); DiCLIP uses the empty prompt
-    grid: int = 20  # the CLIP patch grid g of R and the clusters (20: ViT-B/16 at 320 px; 8: the tiny CLIP at 64 px)
-    diclip: DiclipRecipeParams = field(default_factory=DiclipRecipeParams)
-    acr: AcrRecipeParams = field(default_factory=AcrRecipeParams)
-    transition: TransitionParams = field(default_factory=TransitionParams)
-    # --- storage and evaluation
     shard_images: int = SHARD_IMAGES
     splits: tuple[str, ...] = ()  # splits to compute; empty: the index's train and eval splits
     eval_split: str | None = None  # split of the metric (best-match IoU with masks); null: the index's eval split (parameters were chosen on train)
@@ -229,20 +143,7 @@ class DiffusionAttentionParams:
     compare_recipes: bool = True  # also score the other recipe on the same images (computed for the metric only)
 
     def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.resize not in RESIZES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
-        if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
-            raise ValueError(f"image_size must be null or a multiple of 8 (>= 8), got {self.image_size}")
-        if self.timestep is not None and not 0 <= self.timestep <= 999:
-            raise ValueError(f"timestep must be null or lie in 0..999, got {self.timestep}")
-        if self.schedule_steps < 1:
-            raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
-        if not 0 <= self.schedule_index < self.schedule_steps:
-            raise ValueError(f"schedule_index must lie in 0..schedule_steps-1 ({self.schedule_steps - 1}), got {self.schedule_index}")
-        if not 2 <= self.grid <= 255:
-            raise ValueError(f"grid must lie in 2..255, got {self.grid}")
+        super().__post_init__()
         if self.shard_images < 1:
             raise ValueError(f"shard_images must be >= 1, got {self.shard_images}")
         for split in self.splits:
@@ -256,80 +157,21 @@ class DiffusionAttentionParams:
             raise ValueError(f"eval_images must be >= 0, got {self.eval_images}")
 
 
-SURGERY_VARIANTS = ("diclip", "excel")
-NORMALISATIONS = ("imagenet", "model")
-
-
 @dataclass(frozen=True)
-class CamsParams:
-    """Stages cams and eval_cams (method.md Stage C): CLIP surgery CAMs with R, refinement, RAR, pseudo-labels.
+class CamsParams(CamConfig):
+    """Stages cams and eval_cams (method.md Stage C): the CAM path (pipeline.cam.config.CamConfig) and how
+    its store is kept and scored. Defaults are DiCLIP's training-free path on ViT-B/16; the demo's
+    params.yaml sets the tiny CLIP's."""
 
-    Defaults are DiCLIP's training-free path on ViT-B/16; the demo's params.yaml sets the tiny CLIP's.
-    """
-
-    clip_size: int = 320  # CLIP input side (square, aspect not kept): 320 for ViT-B/16 (20x20 patches)
-    normalise: str = "imagenet"  # imagenet: ImageNet mean/std on the 0-255 scale (DiCLIP, ExCEL); model: the CLIP's own
-    template: str = "a clean origami {}."  # prompt template (DiCLIP, ExCEL)
-    prompt_names_file: str | None = "pipeline/data/words/voc_prompt_names.txt"  # one name per class in index order; null: the dataset's class names
-    background_words_file: str | None = "pipeline/data/words/voc_background.txt"  # background texts (DiCLIP's 25); null: none
-    attributes_file: str | None = None  # ExCEL's attribute enrichment (off in DiCLIP): JSON {class name: [descriptor sentences]}
-    attribute_clusters: int = 112  # KMeans centres of the descriptor embeddings (ExCEL: 112 VOC, 224 COCO)
-    attribute_drop: float = 0.1  # fraction of each class's lowest centre logits masked (ExCEL: 11 of 112)
-    surgery: str = "diclip"  # diclip: last 3 blocks, softmax(qq) + 2 softmax(kk); excel: last 5, mean of qq, kk, vv
-    surgery_blocks: int | None = None  # null: the variant's
-    head_reduce: str = "sum"  # sum (DiCLIP, ExCEL) | mean | none
-    token_norm: str = "token"  # token (L2 over tokens, DiCLIP/ExCEL code) | feature (cosine)
-    cls_weighting: bool = True  # class-token text weights in feature surgery
-    vce: bool = True  # add stage A's R to every surgery head (method.md C1)
-    refine: bool = True  # affinity refinement inside per-class boxes (C5)
-    box_threshold: float = 0.88  # of the CAM's max (DiCLIP's training-free path 0.88)
-    affinity_blocks: int = 6
-    sinkhorn_rounds: int = 3
-    exclusive_box_end: bool = True  # ExCEL's boxes never cover the last grid row/column
-    rar: bool = True  # random walk with stage A's P (C6)
-    rar_iterations: int = 10
-    bg_threshold: float | None = None  # null: background = 1 - max (DiCLIP); else a constant background score, chosen on eval_split
-    par: bool = False  # PAR on the full-size [background, classes] scores before the argmax (ExCEL; not DiCLIP)
-    par_iterations: int = 20
-    ignore_band: tuple[float, float] | None = None  # [low, high]: pixels whose best class score lies in (low, high] become 255; null: none (DiCLIP)
-    scales: tuple[float, ...] = (1.0,)  # CLIP input scales of clip_size (DiCLIP: 1.0 only; CLIP-ES/ExCEL-style: e.g. [1.0, 0.5, 1.5, 2.0]); must hold 1.0, whose attention refines
-    flip: bool = False  # also run the mirrored image at every scale (in the same batch) and keep the max
-    cache_weight: float = 0.5  # TSA cache CAM fused as minmax(cache_weight * cache + text) (DiCLIP 0.5); 0: no cache
     batch_images: int = 1  # images per CLIP forward (groups fixed by position, so results never depend on workers); more pays on a GPU
     shard_images: int = SHARD_IMAGES
     eval_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # eval_cams: background scores swept on the eval split
 
     def __post_init__(self) -> None:
-        if self.clip_size < 8:
-            raise ValueError(f"clip_size must be >= 8, got {self.clip_size}")
-        if self.normalise not in NORMALISATIONS:
-            raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
-        if "{}" not in self.template:
-            raise ValueError(f"template must contain {{}} where the class name goes, got {self.template!r}")
-        if self.surgery not in SURGERY_VARIANTS:
-            raise ValueError(f"surgery must be one of {', '.join(SURGERY_VARIANTS)}, got {self.surgery!r}")
-        if self.surgery_blocks is not None and self.surgery_blocks < 1:
-            raise ValueError(f"surgery_blocks must be null or >= 1, got {self.surgery_blocks}")
-        if self.head_reduce not in ("sum", "mean", "none"):
-            raise ValueError(f"head_reduce must be one of sum, mean, none, got {self.head_reduce!r}")
-        if self.token_norm not in ("token", "feature"):
-            raise ValueError(f"token_norm must be token or feature, got {self.token_norm!r}")
-        if not 0 < self.box_threshold < 1:
-            raise ValueError(f"box_threshold must lie in (0, 1), got {self.box_threshold}")
-        if self.ignore_band is not None and (len(self.ignore_band) != 2 or not 0 <= self.ignore_band[0] < self.ignore_band[1] <= 1):
-            raise ValueError(f"ignore_band must be null or [low, high] with 0 <= low < high <= 1, got {list(self.ignore_band)}")
-        if self.cache_weight < 0:
-            raise ValueError(f"cache_weight must be >= 0 (0 turns the cache off), got {self.cache_weight}")
-        if not 0 <= self.attribute_drop < 1:
-            raise ValueError(f"attribute_drop must lie in [0, 1), got {self.attribute_drop}")
-        for name in ("affinity_blocks", "sinkhorn_rounds", "rar_iterations", "par_iterations", "shard_images",
-                     "attribute_clusters", "batch_images"):
+        super().__post_init__()
+        for name in ("batch_images", "shard_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if 1.0 not in self.scales or any(not x > 0 for x in self.scales) or len(set(self.scales)) != len(self.scales):
-            raise ValueError(f"scales must be distinct positive factors including 1.0 (the base scale), got {list(self.scales)}")
-        if self.bg_threshold is not None and not 0 <= self.bg_threshold <= 1:
-            raise ValueError(f"bg_threshold must be null or lie in [0, 1], got {self.bg_threshold}")
 
 
 DICLIP_TSA_TEMPLATE = (
@@ -375,106 +217,21 @@ class TsaCacheParams:
             raise ValueError(f"eval_images must be >= 0, got {self.eval_images}")
 
 
-@dataclass(frozen=True)
-class TsaAdaptParams:
-    """Stage tsa_adapt (method.md C8, offline): the key/value adapter trained alone on round-1 pseudo-labels,
-    then round-2 CAMs and pseudo-labels with it. Defaults are DiCLIP's VOC values where it has them."""
-
-    hidden: int = 312  # adapter width (DiCLIP: 312 VOC, 512 COCO); must hold the cache's keys
-    iterations: int = 2000
-    batch: int = 4
-    lr: float = 2e-3  # DiCLIP: 2e-3 VOC, 1e-3 COCO
-    weight_decay: float = 0.01
-    warmup: int = 50  # DiCLIP: 50 VOC, 200 COCO
-    dropout: float = 0.1
-    cache_weight: float = 0.1  # round-2 CAM = minmax(cache_weight * ReLU(adapter) + text) (DiCLIP 0.1)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "iterations", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or not 0 <= self.dropout < 1 or self.cache_weight < 0:
-            raise ValueError("lr must be > 0; weight_decay, warmup and cache_weight >= 0; dropout in [0, 1)")
+TsaAdaptParams = AdapterConfig  # stage tsa_adapt (method.md C8, offline): the section is the adapter's config
+TrainParams = TrainConfig  # stage train (method.md Stage D): the section is the training loop's config
 
 
 @dataclass(frozen=True)
-class TrainParams:
-    """Stage train (method.md Stage D): the segmenter from the stored pseudo-labels. Defaults are DiCLIP's
-    VOC values (COCO: lr 1e-3, warmup 200, 100k iterations; the coco preset)."""
+class EvaluateParams(InferenceConfig):
+    """Stage evaluate (method.md Stage D, DiCLIP's evaluation): the inference (pipeline.segment.config.InferenceConfig)
+    and how its store is kept."""
 
-    architecture: str = "diclip"  # the decoder (pipeline.segment.decoder.ARCHITECTURES)
-    dim: int = 256  # decoder width
-    layers: int = 3  # transformer layers
-    heads: int = 8
-    dropout: float = 0.1  # Dropout2d after the fusion
-    iterations: int = 20000
-    batch: int = 4  # the global batch (split over DDP processes)
-    crop: int = 320  # square training crop (a multiple of the CLIP patch)
-    rescale: tuple[float, float] = (0.5, 2.0)  # random rescale of the image before the crop
-    flip: bool = True  # random horizontal flip
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup: int = 50  # linear warmup steps, then poly (power 1) decay to 0
-    affinity_weight: float = 0.1
-    affinity_radius: int = 8  # patches (Chebyshev) within which affinity pairs are taken
-    seed: int = 0  # decoder init, batch order, augmentation, dropout
-    threads: int = 2  # torch threads on the CPU (CPU results depend on it: reductions split differently)
-    checkpoint_every: int = 500
-    log_every: int = 50  # steps between logged rows (DVCLive)
-    val_every: int = 1000  # steps between validation rows (mIoU against the eval split's pseudo-labels)
-    val_images: int = 100  # eval-split images in that check (0: none)
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "layers", "heads", "iterations", "batch", "crop", "threads", "checkpoint_every",
-                     "log_every", "val_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be a multiple of heads {self.heads}")
-        low, high = self.rescale
-        if not 0 < low <= high:
-            raise ValueError(f"rescale must be [low, high] with 0 < low <= high, got {list(self.rescale)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("lr must be > 0; weight_decay and warmup >= 0; dropout in [0, 1)")
-        if self.affinity_weight < 0 or self.affinity_radius < 0 or self.val_images < 0:
-            raise ValueError("affinity_weight, affinity_radius and val_images must be >= 0")
-        from pipeline.segment.names import ARCHITECTURE_NAMES
-
-        if self.architecture not in ARCHITECTURE_NAMES:
-            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURE_NAMES)}, got {self.architecture!r}")
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Stage evaluate (method.md Stage D, DiCLIP's evaluation): multi-scale + flip inference, optional CRF."""
-
-    size: int = 320  # the image is resized to size x size times each scale
-    scales: tuple[float, ...] = (0.7, 1.0, 1.2, 1.5)
-    flip: bool = True  # mirrored passes at every scale but 1.0
-    fraction: float = 0.4  # logits are averaged at this fraction of the image size, then upsampled
-    crf: bool = False  # DenseCRF on the softmax (needs pydensecrf2: pip install 'diclip[crf]')
-    crf_iterations: int = 10
-    crf_pos_xy: float = 1.0
-    crf_pos_weight: float = 3.0
-    crf_bi_xy: float = 67.0
-    crf_bi_rgb: float = 3.0
-    crf_bi_weight: float = 4.0
     shard_images: int = SHARD_IMAGES
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"size must be >= 1, got {self.size}")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be a non-empty list of positive factors, got {list(self.scales)}")
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.crf:
-            import importlib.util
-
-            if importlib.util.find_spec("pydensecrf") is None:
-                raise ValueError("crf: true needs the pydensecrf2 package (pip install 'diclip[crf]'; it compiles "
-                                 "from source with gcc), or set crf: false")
+        super().__post_init__()
+        if self.shard_images < 1:
+            raise ValueError(f"shard_images must be >= 1, got {self.shard_images}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from pipeline.metrics import IGNORE
 
 
 @dataclass(frozen=True)

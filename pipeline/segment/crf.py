@@ -7,21 +7,9 @@ current Python; it compiles here from its source distribution). The background c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class CrfConfig:
-    """DiCLIP's values: 10 iterations, Gaussian xy 1 weight 3, bilateral xy 67 rgb 3 weight 4."""
-
-    iterations: int = 10
-    pos_xy: float = 1.0
-    pos_weight: float = 3.0
-    bi_xy: float = 67.0
-    bi_rgb: float = 3.0
-    bi_weight: float = 4.0
+from pipeline.segment.config import InferenceConfig
 
 
 def crf_available() -> bool:
@@ -32,15 +20,16 @@ def crf_available() -> bool:
     return True
 
 
-def dense_crf(probabilities: np.ndarray, image: np.ndarray, config: CrfConfig = CrfConfig()) -> np.ndarray:
-    """(K, H, W) softmax and the (H, W, 3) uint8 image -> (K, H, W) float32 CRF marginals."""
+def dense_crf(probabilities: np.ndarray, image: np.ndarray, config: InferenceConfig) -> np.ndarray:
+    """(K, H, W) softmax and the (H, W, 3) uint8 image -> (K, H, W) float32 CRF marginals, with the
+    kernels of `config` (its `crf_*` fields; DiCLIP's values by default)."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
     K, H, W = probabilities.shape
     crf = dcrf.DenseCRF2D(W, H, K)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probabilities.astype(np.float32))))
-    crf.addPairwiseGaussian(sxy=config.pos_xy, compat=config.pos_weight)
-    crf.addPairwiseBilateral(sxy=config.bi_xy, srgb=config.bi_rgb, rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=config.bi_weight)
-    return np.asarray(crf.inference(config.iterations), dtype=np.float32).reshape(K, H, W)
+    crf.addPairwiseGaussian(sxy=config.crf_pos_xy, compat=config.crf_pos_weight)
+    crf.addPairwiseBilateral(sxy=config.crf_bi_xy, srgb=config.crf_bi_rgb, rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+                             compat=config.crf_bi_weight)
+    return np.asarray(crf.inference(config.crf_iterations), dtype=np.float32).reshape(K, H, W)

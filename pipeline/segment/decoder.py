@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.segment.names import ARCHITECTURE_NAMES
+from pipeline.segment.config import ARCHITECTURE_NAMES
 
 
 class DiclipDecoder(nn.Module):
-    def __init__(self, in_dim: int, blocks: int, num_classes: int, *, dim: int = 256, layers: int = 3,
-                 heads: int = 8, dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int, blocks: int, num_classes: int, *, dim: int, layers: int, heads: int,
+                 dropout: float) -> None:
         super().__init__()
         self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Linear(dim, dim))
                                   for _ in range(blocks))
@@ -50,7 +50,7 @@ def feature_affinity(features: torch.Tensor) -> torch.Tensor:
 
 #: `train.architecture` names -> decoder factories (in_dim, blocks, num_classes, **options)
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"diclip": DiclipDecoder}
-assert tuple(sorted(ARCHITECTURES)) == tuple(sorted(ARCHITECTURE_NAMES)), "register the name in pipeline/segment/names.py too"
+assert tuple(sorted(ARCHITECTURES)) == tuple(sorted(ARCHITECTURE_NAMES)), "register the name in pipeline/segment/config.py too"
 
 
 def build_decoder(name: str, in_dim: int, blocks: int, num_classes: int, **options) -> nn.Module:

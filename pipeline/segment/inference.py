@@ -8,17 +8,16 @@ brought to the image size. Pure: `logits_of` is any (B, 3, S, S) -> (B, K, h, w)
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-DICLIP_SCALES: tuple[float, ...] = (0.7, 1.0, 1.2, 1.5)
-
+from pipeline.segment.config import InferenceConfig
 
 def multiscale_logits(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: tuple[int, int], *,
-                      base: int, patch: int, scales: tuple[float, ...] = DICLIP_SCALES, flip: bool = True,
-                      fraction: float = 0.4) -> torch.Tensor:
+                      base: int, patch: int, scales: tuple[float, ...], flip: bool, fraction: float) -> torch.Tensor:
     """x (B, 3, h, w) normalised image(s) -> (B, K, H, W) logits averaged over scales (and flips) at `size`."""
     H, W = size
     mid = (max(1, int(round(H * fraction))), max(1, int(round(W * fraction))))
@@ -32,3 +31,27 @@ def multiscale_logits(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torc
         out = F.interpolate(out, size=mid, mode="bilinear", align_corners=False)
         total = out if total is None else total + out
     return F.interpolate(total / len(scales), size=(H, W), mode="bilinear", align_corners=False)
+
+
+def normalise(image: np.ndarray, mean_255: Sequence[float], std_255: Sequence[float]) -> torch.Tensor:
+    """uint8 (H, W, 3) -> (3, H, W) float32, normalised on the 0-255 scale (as the CAM path feeds CLIP)."""
+    x = (np.asarray(image, dtype=np.float32) - np.asarray(mean_255, np.float32)) / np.asarray(std_255, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def segment_image(decoder: torch.nn.Module, visual: torch.nn.Module, saved: dict, config: InferenceConfig,
+                  image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W, 3) image -> (H, W) uint8 class indices through `config`'s inference: multi-scale
+    (+ flip) logits around `config.size`, then DenseCRF on the softmax when `config.crf`. `saved` is the
+    segmenter's config (its input normalisation and patch)."""
+    from pipeline.segment.training import segment_logits
+
+    x = normalise(image, saved["mean_255"], saved["std_255"]).to(next(visual.parameters()).device)
+    logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), x[None], image.shape[:2],
+                               base=config.size, patch=saved["patch"], scales=tuple(config.scales), flip=config.flip,
+                               fraction=config.fraction)[0].float().cpu()
+    if not config.crf:
+        return logits.argmax(0).numpy().astype(np.uint8)
+    from pipeline.segment.crf import dense_crf
+
+    return dense_crf(torch.softmax(logits, 0).numpy(), image, config).argmax(0).astype(np.uint8)

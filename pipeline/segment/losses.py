@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from pipeline.metrics import IGNORE
 
 #: sums a tensor over the DDP ranks (all_reduce); the identity on one process
 Total = Callable[[torch.Tensor], torch.Tensor]
@@ -34,7 +34,7 @@ def affinity_targets(labels: torch.Tensor, grid: int, radius: int) -> tuple[torc
 
 
 def loss_sums(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.Tensor, grid: int,
-              radius: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+              radius: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sums, counts), each (4,): CE over background pixels, CE over foreground pixels (logits upsampled
     bilinearly to the labels), 1 - p over same-label pairs, p over different-label pairs; 255 ignored."""
     up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
@@ -46,22 +46,14 @@ def loss_sums(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.Tensor
     return sums, counts
 
 
-def combine(sums: torch.Tensor, counts: torch.Tensor, *, affinity_weight: float = 0.1) -> torch.Tensor:
+def combine(sums: torch.Tensor, counts: torch.Tensor, *, affinity_weight: float) -> torch.Tensor:
     """0.5 (bg CE + fg CE) + affinity_weight * 0.5 (same + different); a term without pixels adds 0."""
     means = sums / counts.clamp(min=1)
     return 0.5 * (means[0] + means[1]) + affinity_weight * 0.5 * (means[2] + means[3])
 
 
-def affinity_loss(affinity: torch.Tensor, labels: torch.Tensor, grid: int, radius: int = 8) -> torch.Tensor:
-    """0.5 mean(1 - p) over same-label pairs + 0.5 mean(p) over different-label pairs."""
-    same, different = affinity_targets(labels, grid, radius)
-    part = lambda values, mask: values[mask].mean() if mask.any() else values.sum() * 0  # noqa: E731
-    return 0.5 * part(1 - affinity, same) + 0.5 * part(affinity, different)
-
-
 def segmenter_loss(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.Tensor, grid: int, *,
-                   affinity_weight: float = 0.1, radius: int = 8, total: Total | None = None,
-                   world: int = 1) -> torch.Tensor:
+                   affinity_weight: float, radius: int, total: Total | None = None, world: int = 1) -> torch.Tensor:
     """seg (balanced CE of the logits upsampled to the labels) + affinity_weight * affinity loss, over the
     global batch: counts summed over ranks by `total`, the loss scaled by `world` (see the module doc)."""
     sums, counts = loss_sums(logits, affinity, labels, grid, radius)

@@ -10,7 +10,6 @@ gradients are those of one process on the same global batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -18,27 +17,13 @@ import torch
 from torch import nn
 
 from pipeline.segment.augment import augment, sample_plan
+from pipeline.segment.config import TrainConfig
 from pipeline.segment.decoder import clip_block_tokens, feature_affinity
 from pipeline.segment.losses import segmenter_loss
 from pipeline.tsa.adapter import warmup_poly  # the same warmup + poly schedule as the adapter (DiCLIP's)
 
 #: index -> (normalised image (3, H, W) float32, labels (H, W) uint8 with 255 ignored)
 Sample = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iterations: int
-    batch: int
-    crop: int
-    rescale: tuple[float, float]
-    flip: bool
-    lr: float
-    weight_decay: float
-    warmup: int
-    affinity_weight: float
-    affinity_radius: int
-    seed: int
 
 
 def _world() -> tuple[int, int]:
@@ -132,15 +117,16 @@ def segment_logits(decoder: nn.Module, visual: nn.Module, x: torch.Tensor) -> to
     return decoder(tokens, grid)[0]
 
 
-def predict(decoder: nn.Module, visual: nn.Module, image: torch.Tensor, size: int, *, patch: int,
-            scales: tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:
-    """A normalised image (3, H, W) -> (H, W) int64 class indices (0 background), through the multi-scale
-    (and flip) inference of `inference.multiscale_logits` around a `size` x `size` input."""
+def predict(decoder: nn.Module, visual: nn.Module, image: torch.Tensor, size: int, *, patch: int) -> torch.Tensor:
+    """A normalised image (3, H, W) -> (H, W) int64 class indices (0 background), at one scale around a
+    `size` x `size` input, no flip, logits brought to the image through the evaluation's default
+    fraction (the training loop's quick validation; `evaluate` runs the full inference)."""
+    from pipeline.segment.config import InferenceConfig
     from pipeline.segment.inference import multiscale_logits
 
     H, W = image.shape[-2:]
     logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), image[None], (H, W),
-                               base=size, patch=patch, scales=scales, flip=flip)
+                               base=size, patch=patch, scales=(1.0,), flip=False, fraction=InferenceConfig.fraction)
     return logits[0].argmax(0)
 
 

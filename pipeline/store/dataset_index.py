@@ -114,6 +114,14 @@ class DatasetIndex:
         self._check_split(split)
         return (self.path / f"{split}.txt").read_text().split()
 
+    def ids_of(self, splits: Sequence[str]) -> list[str]:
+        """The ids of several splits in order, each once (an id in several splits keeps its first place)."""
+        return list(dict.fromkeys(i for s in splits for i in self.ids(s)))
+
+    def present(self, splits: Sequence[str]) -> dict[str, np.ndarray]:
+        """{image id: (C,) bool image-level labels} over several splits."""
+        return {i: row.astype(bool) for s in reversed(splits) for i, row in zip(self.ids(s), self.labels(s))}
+
     def labels(self, split: str) -> np.ndarray:
         """(N, C) uint8 multi-hot image-level labels of the accepted images, in `ids(split)` order."""
         return self._accepted(split, "labels")

@@ -1,5 +1,19 @@
-"""Read access to stage A's `diffusion.zarr` by image id (layout: stages/diffusion_attention.py).
+"""Read access to stage A's `diffusion.zarr` by image id.
 
+Layout (a per-image store, pipeline.store.image_store, over the computed splits: the train split
+first, then the eval split's images not already there; written by stage `diffusion_attention`):
+```
+clusters              (N, g, g) uint8          cluster id of every CLIP patch (ids < k)
+k                     (N,) int32               clusters of the image
+rows                  (N, max_k, g^2) float16  R's row for each cluster, zero after k: R[i] = rows[clusters[i]]
+transition_values     (N, t^2, k_t) float16    P's top-k_t entries per row, renormalised (only with transition.topk > 0)
+transition_index      (N, t^2, k_t) int16      their column ids on the t x t grid of the transition layer
+transition_kept       (N,) float32             mean over rows of the mass the kept entries held
+transition_truncated  (N,) float32             fraction of rows with more than k_t non-zeros
+image_id, _done, _input                        see pipeline.store.image_store
+attrs  provenance, key, recipe, model, weights, precision, timestep, image_size, latent_size, grid g,
+       max_clusters, correlation and transition layers and heads (t, k_t), splits, index_fingerprint, complete
+```
 R comes back dense at the store's grid g (resample it to another grid with
 pipeline.diffusion.correlation.resample_correlation), P dense at its own grid t. Numpy only.
 """
@@ -59,11 +73,6 @@ class DiffusionMaps:
         """(cluster ids (g, g) int64, K) of one image."""
         i = self.row(image_id)
         return self.store.read("clusters", i).astype(np.int64), int(self.store.read("k", i))
-
-    def correlation_parts(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """R in its stored form: (cluster ids (g^2,) int64, rows (K, g^2) float32)."""
-        ids, k = self.clusters(image_id)
-        return ids.reshape(-1), self.store.read("rows", self.row(image_id))[:k].astype(np.float32)
 
     def correlation(self, image_id: str) -> np.ndarray:
         """Dense R (g^2, g^2) float32: row i is the mean correlation row of patch i's cluster."""

@@ -7,14 +7,16 @@ file h5py cannot open, losing every record). So each finished record is staged a
 all records into a temporary HDF5 file and renames it to `path`. A rerun with the same key keeps the
 staged records (`has`), one with another key starts anew.
 
-Layout (readable with h5py alone): `/records/<key>/<name>` datasets (chunked, gzip), the root's
-attributes (the stamp and whatever the stage adds), and `/<name>` datasets given to `finish`.
+Layout (readable with h5py alone): `/records/<key>/<name>` datasets (chunked, gzip, Fletcher-32
+checksums), the root's attributes (the stamp and whatever the stage adds), and `/<name>` datasets
+given to `finish`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,6 +26,7 @@ from pipeline import atomic
 from pipeline.store.errors import StoreError
 
 _KEY_FILE = "key"
+log = logging.getLogger(__name__)
 
 
 class H5Writer:
@@ -85,30 +88,25 @@ class H5Writer:
         return self.path
 
 
-def seed_from_file(writer: H5Writer, path: str | Path) -> int:
+def seed_from_file(writer: H5Writer, path: str | Path) -> None:
     """Stage the records of an existing file at `path` written with the writer's key and not staged yet,
     so a rerun after `finish` (e.g. one that asks for more records) keeps every earlier record byte for
-    byte without recomputing it. Returns how many were taken; a missing or unreadable file gives 0."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        return 0
+    byte without recomputing it. A missing file, another key or an unreadable file adds nothing; a
+    corrupt record is left out (and computed again)."""
+    if not Path(path).is_file():
+        return
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("key") != writer.key or "records" not in f:
-                return 0
-            found: list[str] = []
-            f["records"].visititems(lambda name, obj: found.append(name) if _is_record(obj) else None)
-            taken = 0
-            for record in found:
+        with H5Reader(path) as reader:
+            if reader.attrs.get("key") != writer.key:
+                return
+            for record in reader.keys():
                 if not writer.has(record):
-                    group = f["records"][record]
-                    writer.put(record, {k: group[k][()] for k in group})
-                    taken += 1
-            return taken
+                    try:
+                        writer.put(record, reader.record(record))
+                    except StoreError as err:  # a corrupt record is made again, not copied
+                        log.warning("%s", err)
     except OSError:
-        return 0
+        return
 
 
 def _dataset(group: Any, name: str, value: np.ndarray) -> None:
@@ -117,7 +115,9 @@ def _dataset(group: Any, name: str, value: np.ndarray) -> None:
     if value.dtype.kind in "US":
         group.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype())
     elif value.ndim:
-        group.create_dataset(name, data=value, chunks=value.shape, compression="gzip", compression_opts=4, shuffle=True)  # one chunk per array (per image in records)
+        # one chunk per array (per image in records), with a Fletcher-32 checksum: a flipped byte is refused on read
+        group.create_dataset(name, data=value, chunks=value.shape, compression="gzip", compression_opts=4, shuffle=True,
+                             fletcher32=True)
     else:
         group.create_dataset(name, data=value)
 
@@ -146,15 +146,23 @@ class H5Reader:
     def keys(self) -> Iterator[str]:
         """Record keys, e.g. 'disk/0003' (groups holding datasets under /records)."""
         found: list[str] = []
-        self._file["records"].visititems(lambda name, obj: found.append(name) if _is_record(obj) else None)
+        if "records" in self._file:
+            self._file["records"].visititems(lambda name, obj: found.append(name) if _is_record(obj) else None)
         return iter(sorted(found))
 
     def record(self, key: str) -> dict[str, np.ndarray]:
         group = self._file["records"][key]
-        return {name: group[name][()] for name in group if not hasattr(group[name], "keys")}
+        return {name: self._read(group[name], f"record {key!r}") for name in group if not hasattr(group[name], "keys")}
 
     def dataset(self, name: str) -> np.ndarray:
-        return self._file[name][()]
+        return self._read(self._file[name], f"dataset {name!r}")
+
+    def _read(self, dataset: Any, what: str) -> np.ndarray:
+        try:
+            return dataset[()]
+        except OSError as err:  # h5py's error for a chunk whose checksum or compression no longer holds
+            raise StoreError(f"{self.path}: {what} is corrupt ({err}); delete the file and rerun the stage "
+                             "that writes it") from None
 
 
 def _is_record(obj: Any) -> bool:

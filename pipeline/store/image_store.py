@@ -1,6 +1,8 @@
 """Per-image artifact stores: zarr v3 groups whose arrays share a leading image axis.
 
-Why this shape: per-image stages run on many workers at once and must survive a kill. The image axis
+Why this shape: per-image stages run on many workers at once and must survive a kill. Every chunk
+carries a crc32c of its stored bytes (after zstd): a flipped byte is refused on read, naming the
+store and the image, never read silently. The image axis
 is cut into blocks of `shard_images` images; each block is one zarr shard per array (one inner chunk
 per image), so a 10k-image store is a few hundred files, and a block has exactly one writer (the
 runner's driver). A finished image is first *staged* as its own file (atomic rename), so a kill
@@ -19,7 +21,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -35,7 +37,7 @@ IMAGE_ID = "image_id"  # (N,) str: the dataset image id of each row
 DIGEST_BYTES = 32
 LAYOUT_VERSION = 2
 
-__all__ = ["ArraySpec", "ImageStore", "StoreError"]
+__all__ = ["ArraySpec", "FileSpec", "ImageStore", "Pending", "StoreError"]
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,13 @@ class ImageStore:
                 group.create_array(
                     spec.name, shape=(n, *spec.shape), chunks=(1, *spec.shape),
                     shards=(block, *spec.shape) if block > 1 else None, dtype=spec.dtype,
-                    fill_value=spec.fill_value,
+                    fill_value=spec.fill_value, compressors=_compressors(),
                     dimension_names=("image", *[f"{spec.name}_{i}" for i in range(len(spec.shape))]),
                 )
-            group.create_array(DONE, shape=(n,), chunks=(block,), dtype="uint8", fill_value=0)
-            group.create_array(INPUT, shape=(n, DIGEST_BYTES), chunks=(block, DIGEST_BYTES), dtype="uint8", fill_value=0)
-            id_array = group.create_array(IMAGE_ID, shape=(n,), chunks=(n,), dtype=str)
+            group.create_array(DONE, shape=(n,), chunks=(block,), dtype="uint8", fill_value=0, compressors=_compressors())
+            group.create_array(INPUT, shape=(n, DIGEST_BYTES), chunks=(block, DIGEST_BYTES), dtype="uint8", fill_value=0,
+                               compressors=_compressors())
+            id_array = group.create_array(IMAGE_ID, shape=(n,), chunks=(n,), dtype=str, compressors=_compressors())
             id_array[:] = np.asarray(list(ids), dtype=object)
             group.attrs.update({**dict(attrs), **_layout(ids, specs, shard_images, files), "complete": False})
 
@@ -191,15 +194,11 @@ class ImageStore:
         return str(self.attrs.get("fingerprint", ""))
 
     def ids(self) -> list[str]:
-        return [str(s) for s in self._group[IMAGE_ID][:]]
+        return [str(s) for s in self._checked(IMAGE_ID, slice(None))]
 
     def done(self) -> np.ndarray:
         """(N,) bool: which images are durably written."""
-        return np.asarray(self._group[DONE][:], dtype=bool)
-
-    def input_digests(self) -> np.ndarray:
-        """(N, 32) uint8: the input digest each row was computed from (zeros where not done)."""
-        return np.asarray(self._group[INPUT][:])
+        return np.asarray(self._checked(DONE, slice(None)), dtype=bool)
 
     def blocks(self) -> list[range]:
         """The image-index ranges that are written as a unit (one shard per array)."""
@@ -207,23 +206,64 @@ class ImageStore:
         return [range(lo, min(lo + step, self.n_images)) for lo in range(0, self.n_images, step)]
 
     def read(self, name: str, index: int | slice | np.ndarray = slice(None)) -> np.ndarray:
-        return np.asarray(self._group[name][index])
+        """Array `name` at image row(s) `index`; StoreError naming the store and the image when a stored
+        chunk no longer matches its checksum (a flipped bit on disk, a torn copy)."""
+        return self._checked(name, index)
+
+    def _checked(self, name: str, index: int | slice | np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self._group[name][index])
+        except (ValueError, RuntimeError) as err:  # zarr's crc32c and zstd codecs refuse a corrupt chunk
+            if not _corrupt(err):
+                raise
+            where = self._which_images(name, index)
+            raise StoreError(f"{self.path}: {where}: array {name!r} is corrupt on disk ({err}); delete the store and "
+                             "rerun the stage that writes it") from None
+
+    def _which_images(self, name: str, index: int | slice | np.ndarray) -> str:
+        """`image '<id>'` for one row (the first corrupt one of a range, found row by row)."""
+        if name in (IMAGE_ID, DONE, INPUT):
+            return "its index arrays"
+        rows = [int(index)] if np.ndim(index) == 0 and not isinstance(index, slice) else \
+            list(range(self.n_images))[index] if isinstance(index, slice) else [int(i) for i in np.asarray(index)]
+        ids = self.ids()
+        for row in rows:
+            try:
+                self._group[name][row]
+            except (ValueError, RuntimeError):
+                return f"image {ids[row]!r}"
+        return f"images {ids[rows[0]]!r}..{ids[rows[-1]]!r}"
 
     def read_block(self, block: range) -> dict[str, np.ndarray]:
         return {s.name: self.read(s.name, slice(block.start, block.stop)) for s in self.specs}
 
-    # ------------------------------------------------------------------ writing
-    def check(self, image_id: str, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return self.staging().check(image_id, values)
-
-    def forget(self, indices: Sequence[int]) -> None:
-        """Mark rows not done (their inputs changed) and the store incomplete, before recomputing them."""
-        if len(indices) == 0:
-            return
-        self._group.attrs["complete"] = False
-        done = self._group[DONE]
-        for i in indices:
-            done[i] = 0
+    # ------------------------------------------------------------------ resuming and writing
+    def resume(self, input_digest: Callable[[str], bytes]) -> "Pending":
+        """What a run must compute now: every row not durably written with the inputs `input_digest(id)`
+        names. Done rows whose inputs changed are forgotten, staged rows that are unreadable or were
+        computed from other inputs are dropped, and blocks whose rows are all staged (a kill came
+        between staging and packing) are packed here. The store alone decides what is reused."""
+        ids, done, stored = self.ids(), self.done(), self._input_digests()
+        wanted = {i: pad_digest(input_digest(ids[i])) for i in range(len(ids)) if done[i] or self._has_staged(i)}
+        changed = [i for i in np.flatnonzero(done) if bytes(stored[i]) != wanted[i]]
+        if changed:
+            log.info("%s: %d images changed since they were computed; recomputing them", self.path, len(changed))
+            self._forget(changed)
+            done = self.done()
+        staged = set()
+        for i in self._staged_indices():
+            kept = self.load_staged(i)
+            if kept is None or kept[1] != wanted.get(i):
+                self._drop_staged(i)
+            else:
+                staged.add(i)
+        rows = [i for i in range(len(ids)) if not done[i] and i not in staged]
+        pending = Pending(rows, len(ids) - len(rows), self.blocks())
+        for block in self.blocks():  # staged before a kill, in blocks now whole
+            if pending.left(block) == 0:
+                self.pack_block(block)
+        log.info("%s: %d images to compute, %d reused", self.path, len(rows), pending.reused)
+        return pending
 
     def staging(self) -> "Staging":
         """The picklable half of the store a worker needs to check and stage images."""
@@ -232,10 +272,8 @@ class ImageStore:
     def stage_image(self, index: int, values: Mapping[str, Any], input_digest: bytes) -> None:
         """Durably keep one computed image until its block is packed."""
         image_id = self.ids()[index]
-        self.staging().stage(index, image_id, self.check(image_id, values), input_digest)
-
-    def drop_staged(self, index: int) -> None:
-        (staging_dir(self.path) / f"{index}.npz").unlink(missing_ok=True)
+        staging = self.staging()
+        staging.stage(index, image_id, staging.check(image_id, values), input_digest)
 
     def load_staged(self, index: int) -> tuple[dict[str, np.ndarray], bytes] | None:
         """(values, input digest) staged for image `index`, or None when none (or an unreadable one) is there."""
@@ -249,10 +287,27 @@ class ImageStore:
             log.warning("%s: ignoring unreadable staged image (%s)", path, err)
             return None
 
-    def staged_indices(self) -> set[int]:
+    def _has_staged(self, index: int) -> bool:
+        return (staging_dir(self.path) / f"{index}.npz").exists()
+
+    def _staged_indices(self) -> set[int]:
         """Rows with a staged file (temporary files of an interrupted write are not counted)."""
         staging = staging_dir(self.path)
         return {int(p.stem) for p in staging.glob("*.npz") if p.stem.isdigit()} if staging.exists() else set()
+
+    def _drop_staged(self, index: int) -> None:
+        (staging_dir(self.path) / f"{index}.npz").unlink(missing_ok=True)
+
+    def _forget(self, indices: Sequence[int]) -> None:
+        """Mark rows not done (their inputs changed) and the store incomplete, before recomputing them."""
+        self._group.attrs["complete"] = False
+        done = self._group[DONE]
+        for i in indices:
+            done[i] = 0
+
+    def _input_digests(self) -> np.ndarray:
+        """(N, 32) uint8: the input digest each row was computed from (zeros where not done)."""
+        return np.asarray(self._group[INPUT][:])
 
     def pack_block(self, block: range) -> int:
         """Write the staged images of `block` into the shards, then their done flags, then drop the staged
@@ -262,7 +317,7 @@ class ImageStore:
         if not staged:
             return 0
         values = self.read_block(block) if done.any() else self._empty_block(block)
-        digests = self.input_digests()[block.start:block.stop]
+        digests = self._input_digests()[block.start:block.stop]
         for i, (row, digest) in staged.items():
             for name, value in row.items():
                 values[name][i - block.start] = value
@@ -293,6 +348,28 @@ class ImageStore:
         atomic.remove(staging_dir(self.path))
 
 
+class Pending:
+    """One run's work on a store (`ImageStore.resume`): the rows to compute, how many were reused, and
+    which block each finished row completes, so the runner packs a block the moment it is whole."""
+
+    def __init__(self, rows: list[int], reused: int, blocks: list[range]) -> None:
+        self.rows, self.reused, self._blocks = rows, reused, blocks
+        self._step = len(blocks[0])  # every block but the last holds this many rows
+        self._left = [0] * len(blocks)
+        for row in rows:
+            self._left[row // self._step] += 1
+
+    def left(self, block: range) -> int:
+        """Rows of `block` still to compute."""
+        return self._left[block.start // self._step]
+
+    def finished(self, row: int) -> range | None:
+        """Note `row` as computed (staged, or failed); its block when `row` was the block's last one."""
+        b = row // self._step
+        self._left[b] -= 1
+        return self._blocks[b] if self._left[b] == 0 else None
+
+
 @dataclass(frozen=True)
 class Staging:
     """Checks one image's values against the store's arrays and stages them as one durable file.
@@ -320,6 +397,19 @@ class Staging:
         arrays = {s.name: values[s.name] for s in self.specs}
         np.savez(buf, **arrays, **{INPUT: np.frombuffer(pad_digest(input_digest), dtype="uint8")})
         atomic.write_bytes(staging_dir(self.path) / f"{index}.npz", buf.getvalue())
+
+
+def _compressors() -> tuple:
+    """Each chunk zstd-compressed, then a crc32c of the compressed bytes: a corrupt chunk is refused on read."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return ZstdCodec(level=0), Crc32cCodec()
+
+
+def _corrupt(err: Exception) -> bool:
+    """Whether a read error is a chunk failing its checksum or its decompression."""
+    text = str(err).lower()
+    return "checksum" in text or "decompress" in text or "zstd" in text or "crc" in text
 
 
 def pad_digest(digest: bytes) -> bytes:

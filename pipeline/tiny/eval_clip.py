@@ -26,6 +26,7 @@ import dataclasses
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,14 +34,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.cam import (
-    DEFAULT_PROMPT,
-    class_prompts,
-    encode_prompts,
-    labels_from_cams,
-    presence_scores,
-    surgery_cams,
-)
+from pipeline.cam.images import presence_scores, surgery_cams
+from pipeline.cam.text import DEFAULT_PROMPT, class_prompts, encode_prompts
+from pipeline.cam.text_cam import labels_from_cams
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
 from pipeline.metrics import mean_iou, presence_auc
 
@@ -242,3 +238,53 @@ def _score(model: nn.Module, tokenizer: Any, tune: SceneSet, test: SceneSet, con
             "tune_sweep": sweep,
         },
     }
+
+
+def evaluate_checkpoint(path: Path, model_name: str, world_seed: int, sizes: dict[str, int], threads: int,
+                        metrics_out: Path | None, progress: bool) -> dict:
+    """`diclip shapes pretrain-clip --eval-only`: evaluate a checkpoint (a file or a weights folder) as
+    it was evaluated when trained (its manifest's settings), optionally writing the metrics as JSON."""
+    import json
+
+    from pipeline.models import load_clip
+    from pipeline.tiny.manifest import MANIFEST_NAME
+    from pipeline.tiny.train_clip import CHECKPOINT_NAME
+
+    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
+    manifest = checkpoint.parent / MANIFEST_NAME
+    eval_config = ClipEvalConfig(world_seed=world_seed, **sizes)
+    if manifest.is_file():  # evaluate as the checkpoint was evaluated when it was trained
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+        model_name = record.get("model_name", model_name)
+        saved = record.get("config", {}).get("eval")
+        if saved:
+            eval_config = ClipEvalConfig(**{**saved, "thresholds": tuple(saved["thresholds"]),
+                                            "world_seed": world_seed, **sizes})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        loaded = load_clip(model_name, str(checkpoint), device="cpu")
+        metrics = evaluate_clip(loaded.model, loaded.tokenizer, eval_config, model_name=model_name, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+    if metrics_out is not None:
+        metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        metrics_out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    """The evaluation's few lines for the terminal."""
+    auc = metrics["presence_auc"]
+    cam = metrics["cam"]
+    lines = [
+        f"presence AUC (test): mean {auc['mean']:.4f}  "
+        + " ".join(f"{k} {v:.3f}" for k, v in auc["per_class"].items()),
+        f"surgery-CAM mIoU (test): {cam['miou']:.4f} at background threshold {cam['bg_threshold']:.2f} "
+        f"(tune {cam['tune_miou']:.4f}; {cam['surgery_blocks']} surgery blocks, class-token weighting "
+        f"{'on' if cam['cls_weighting'] else 'off'})",
+        f"baselines: all-background {metrics['baselines']['all_background_miou']:.4f}",
+    ]
+    if "random_init" in metrics["baselines"]:
+        lines[-1] += f", random-init CAM {metrics['baselines']['random_init']['miou']:.4f}"
+    return "\n".join(lines)

@@ -31,9 +31,11 @@ import torch
 from PIL import Image
 from sklearn.cluster import KMeans
 
-from pipeline.cam import encode_class_prompts, presence_scores
+from pipeline.cam.images import presence_scores
+from pipeline.cam.text import encode_class_prompts
 from pipeline.data.shapes import CLASS_NAMES, Scene, ShapesConfig, render_scene, scene_seed
-from pipeline.diffusion.acr import ACRConfig, acr
+from pipeline.diffusion.acr import acr
+from pipeline.diffusion.config import AcrConfig
 from pipeline.diffusion.baselines import colour_kmeans
 from pipeline.diffusion.capture import ImageAttention, native_image_size
 from pipeline.metrics import cluster_map_iou, upsample_labels
@@ -89,7 +91,7 @@ def cluster_rows(features: np.ndarray, k: int, *, n_init: int, seed: int = 0) ->
 
 def acr_score(features: np.ndarray, masks: Sequence[np.ndarray], grid: int, config: SDEvalConfig) -> float:
     """Mean best-match IoU of ACR hard maps (what the diffusion_attention stage stores) of (B, G*G, G*G) attention."""
-    acr_config = ACRConfig(max_clusters=config.acr_max_clusters, merge_kl=config.acr_merge_kl)
+    acr_config = AcrConfig(max_clusters=config.acr_max_clusters, merge_kl=config.acr_merge_kl)
     scores = [cluster_map_iou(acr(f, grid, acr_config).hard, m) for f, m in zip(features, masks)]
     return round(float(np.nanmean(scores)), 4)
 
@@ -277,3 +279,37 @@ def evaluate_sd(pipe: Any, config: SDEvalConfig = SDEvalConfig(), *, clip: Any =
             save_sample_grid(images, samples_png, config.samples_per_class)
     return result
 
+
+def evaluate_shipped(path: Path, eval_scenes: int, samples_per_class: int, clip_dir: Path, clip_wait: float) -> dict:
+    """`diclip shapes pretrain-sd`'s evaluation: reload the pipeline from ``path`` (as every user will),
+    evaluate it with the shipped tiny CLIP at ``clip_dir`` (waiting up to ``clip_wait`` minutes for it
+    to appear, for a CLIP trained alongside), and add the summary the manifest shows first."""
+    from pipeline.models import load_shipped_clip, load_stable_diffusion
+    from pipeline.tiny.manifest import manifest_path
+
+    pipe = load_stable_diffusion(path, device="cpu", precision="fp32")
+    clip = None
+    deadline = time.monotonic() + 60.0 * clip_wait
+    while not manifest_path(clip_dir).is_file() and time.monotonic() < deadline:
+        logger.info("waiting for the tiny CLIP at %s", clip_dir)
+        time.sleep(min(120.0, max(1.0, deadline - time.monotonic())))
+    if manifest_path(clip_dir).is_file():
+        clip = load_shipped_clip(clip_dir)
+    else:
+        logger.warning("no tiny CLIP at %s: the sample metric is skipped", clip_dir)
+    config = SDEvalConfig(n_scenes=eval_scenes, samples_per_class=samples_per_class)
+    t0 = time.perf_counter()
+    metrics = evaluate_sd(pipe, config, clip=clip, samples_png=path / "samples.png" if clip is not None else None)
+    metrics["wall_s"] = round(time.perf_counter() - t0, 1)
+    metrics["clip"] = None if clip is None else {"dir": str(clip_dir), "model": clip.model_name,
+                                                 "checkpoint": clip.pretrained}
+    attn = metrics["attention_clusters"]
+    metrics["summary"] = {
+        "attention_iou_trained": attn["best"]["trained"],
+        "attention_iou_untrained": attn["best"].get("untrained"),
+        "attention_iou_acr": attn.get("acr"),
+        "colour_kmeans_best": max(attn["colour_kmeans"].values()) if "colour_kmeans" in attn else None,
+        "sample_accuracy": None if clip is None else metrics["samples"]["mean"],
+        "vae_l1_255": metrics["vae_l1_255"],
+    }
+    return metrics

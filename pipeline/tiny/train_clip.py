@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.cam import encode_text_trimmed, to_clip_input
+from pipeline.cam.images import to_clip_input
+from pipeline.cam.text import encode_text_trimmed
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig
 from pipeline.tiny.eval_clip import ClipEvalConfig, SceneSet, evaluate_clip, render_scenes
 from pipeline.tiny.manifest import file_sha256, jsonable, library_versions, write_manifest

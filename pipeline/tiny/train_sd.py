@@ -425,3 +425,17 @@ def _check_replaceable(out_dir: Path) -> None:
     """Refuse to replace a non-empty directory that is not a pipeline directory (a typo'd --out)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "model_index.json").is_file():
         raise FileExistsError(f"{out_dir} exists and is not a diffusers pipeline directory; refusing to replace it")
+
+
+def reproduce_command(record: dict, config: "SDPretrainConfig", *, out: Path | None, scenes: int | None,
+                      single_scenes: int | None) -> str:
+    """The command that trains the same weights again: the step counts a time budget turned into are fixed
+    (no --out: the shipped directory)."""
+    import shlex
+
+    return shlex.join(["python", "-m", "stages.pretrain_sd"]
+                      + (["--out", str(out)] if out is not None else [])
+                      + ["--seed", str(config.seed), "--tiny-config", config.tiny_config,
+                         "--vae-steps", str(record["vae"]["steps"]), "--unet-steps", str(record["unet"]["steps"])]
+                      + (["--scenes", str(scenes)] if scenes is not None else [])
+                      + (["--single-scenes", str(single_scenes)] if single_scenes is not None else []))

@@ -11,10 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.grids import square_side
+from pipeline.metrics import IGNORE
+from pipeline.tsa.config import AdapterConfig
+
 
 class KVAdapter(nn.Module):
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, hidden: int, *, dropout: float = 0.1,
-                 seed: int = 0) -> None:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, hidden: int, *, dropout: float, seed: int) -> None:
         super().__init__()
         K, E = keys.shape
         if hidden < K:
@@ -31,10 +34,11 @@ class KVAdapter(nn.Module):
             self.value.weight[:, :K] = values.float().T
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], *, dropout: float = 0.1) -> "KVAdapter":
-        """An adapter of the saved shapes holding the saved weights (key.weight (H, E), value.weight (C+1, H))."""
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "KVAdapter":
+        """An adapter of the saved shapes holding the saved weights (key.weight (H, E), value.weight (C+1, H)),
+        for inference (no dropout)."""
         hidden, dim = state["key.weight"].shape
-        adapter = cls(torch.zeros(1, dim), torch.zeros(1, state["value.weight"].shape[0]), hidden, dropout=dropout)
+        adapter = cls(torch.zeros(1, dim), torch.zeros(1, state["value.weight"].shape[0]), hidden, dropout=0.0, seed=0)
         adapter.load_state_dict(state)
         return adapter
 
@@ -47,7 +51,7 @@ class KVAdapter(nn.Module):
         return self.drop(self.value(self.drop(self.scores(features))))
 
 
-def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: int = 255) -> torch.Tensor:
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: int = IGNORE) -> torch.Tensor:
     """DiCLIP's segmentation loss: 0.5 CE over background-labelled pixels + 0.5 CE over foreground-labelled
     ones (each a mean over its pixels; a side without pixels adds 0). logits (B, C+1, H, W), labels (B, H, W)."""
     ce = torch.nn.functional.cross_entropy(logits, labels.long(), ignore_index=ignore, reduction="none")
@@ -63,19 +67,20 @@ def warmup_poly(step: int, total: int, warmup: int, *, start_ratio: float = 1e-6
     return (1 - (step - warmup) / max(1, total - warmup)) ** power
 
 
-def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tensor, grid: int, *, iterations: int,
-                  batch: int, lr: float, weight_decay: float, warmup: int, seed: int = 0) -> list[float]:
+def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tensor, grid: int,
+                  config: AdapterConfig) -> list[float]:
     """Train `adapter` alone on images' patch features (N, g*g, E) against their pseudo-labels (N, S, S)
     (0 background, c + 1, 255 ignored): logits on the g x g grid, bilinear to S, balanced CE; AdamW
-    with warmup and poly decay; batches drawn with a generator seeded by `seed`. Returns the losses."""
-    torch.manual_seed(seed)  # dropout
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_poly(s, iterations, warmup))
+    with warmup and poly decay; batches drawn with a generator seeded by `config.seed`. Returns the losses."""
+    torch.manual_seed(config.seed)  # dropout
+    generator = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_poly(s, config.iterations, config.warmup))
     adapter.train()
     losses = []
     size = labels.shape[-1]
-    for _ in range(iterations):
+    batch = config.batch
+    for _ in range(config.iterations):
         idx = torch.randint(len(features), (batch,), generator=generator)
         logits = adapter(features[idx]).transpose(1, 2).reshape(batch, -1, grid, grid)
         logits = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
@@ -87,6 +92,21 @@ def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tens
         losses.append(loss.item())
     adapter.eval()
     return losses
+
+
+def fit_adapter(keys: torch.Tensor, values: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                config: AdapterConfig) -> tuple[KVAdapter, list[float]]:
+    """The adapter initialised from the cache's keys and values, trained on (features (N, g*g, E), labels
+    (N, S, S)) with one torch thread, so the same weights come out on any machine and runner (the
+    adapter is small). Returns (adapter in eval mode, losses)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        adapter = KVAdapter(keys, values, config.hidden, dropout=config.dropout, seed=config.seed)
+        grid = square_side(features.shape[1], "patch features")
+        return adapter, train_adapter(adapter, features, labels, grid, config)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class AdaptedCache:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.metrics import IGNORE
+
 
 def picture(rows: list[list[tuple[np.ndarray, np.ndarray]]], *, per_class: int = 8, tile: int = 64) -> np.ndarray:
     """(rows x 2 tile, per_class x tile, 3) uint8: per class (a row of (image, mask) pairs), each image
@@ -66,7 +68,7 @@ def cache_metric(images: Any, ids: list[str], present: dict[str, np.ndarray], ca
         image = images.load_image(image_id)
         [res] = cams.batch([image], [present[image_id]], [correlation(image_id)], [None], features=True)
         truth = patch_truth(images.load_mask(image_id), grid)
-        keep = truth != 255
+        keep = truth != IGNORE
         f = res["features"][keep]
         t = truth[keep].astype(int)
         for suffix, allowed in (("", None), ("_present", present[image_id])):

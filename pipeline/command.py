@@ -1,5 +1,5 @@
-"""What every stage command shares: the --params option, artifact path options taken from the stage's
-declaration, logging, and turning user errors into one clear message (no traceback) with exit 1.
+"""What every stage command shares (click): the --params option, artifact path options taken from the
+stage's declaration, logging, and turning user errors into one clear message (no traceback) with exit 1.
 
 Nothing heavy is imported here: a refused run (a bad param, a missing file) answers in about the time
 Python takes to start.

@@ -1,0 +1,67 @@
+"""The segmenter's training loop: steps to `iterations`, logged rows, validation, checkpoints, and a
+clean stop on SIGTERM/SIGINT (a checkpoint at the end of the step, then an error saying to rerun).
+
+Pure of files: checkpoints and curves go through the `checkpoint(history)` callback, so the loop runs
+the same under a test, a stage and torchrun (only the writing rank checkpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from pipeline.errors import UserError
+from pipeline.segment.config import TrainConfig
+from pipeline.segment.training import Sample, SegmenterTrainer
+
+KILL_AFTER_STEPS_ENV = "DICLIP_KILL_AFTER_STEPS"  # tests: SIGKILL this process after that many steps
+
+
+class Interrupt:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the step and stops."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _set(self, signum, _frame) -> None:
+        self.raised = signum
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history: list[dict], *,
+        validate: Callable[[], float] | None, checkpoint: Callable[[list[dict]], None], writer: bool) -> list[dict]:
+    """Train from `trainer.step` to `config.iterations`, appending a row every `log_every` steps (with the
+    validation mIoU every `val_every`), calling `checkpoint` every `checkpoint_every` steps when `writer`."""
+    from tqdm import tqdm
+
+    interrupt = Interrupt()
+    kill_after = int(os.environ.get(KILL_AFTER_STEPS_ENV, 0))
+    bar = tqdm(total=config.iterations, initial=trainer.step, desc="train", unit="step", disable=not writer,
+               mininterval=2.0)
+    try:
+        while trainer.step < config.iterations:
+            out = trainer.train_step(sample)
+            step = trainer.step
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.iterations:
+                row = {"step": step, "train/loss": out["loss"], "train/lr": out["lr"]}
+                if validate is not None and (step % config.val_every == 0 or step == config.iterations):
+                    row["val/miou_vs_pseudo_labels"] = validate()
+                history.append(row)
+                bar.set_postfix(loss=f"{out['loss']:.3f}")
+            if writer and (step % config.checkpoint_every == 0 or interrupt.raised):
+                checkpoint(history)
+            if interrupt.raised:
+                raise UserError(f"train: interrupted by signal {interrupt.raised} at step {step}; checkpoint kept, "
+                                "rerun to resume")
+            if kill_after and step >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        bar.close()
+        interrupt.restore()
+    return history
