@@ -89,7 +89,7 @@ class DeclaredParams:
             return DeclaredParams(self._stage, value, self._declared, key + ".")
         raise ParamsError(
             f"stage {self._stage!r} reads params {key!r} but does not declare it: add it to the stage's "
-            "StageSpec.params (dvc.yaml follows: python -m pipeline.dvcfile --write)"
+            "StageSpec.params (then `diclip dvcfile --write` updates dvc.yaml)"
         )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.cam.pseudo_labels import LabelRule  # noqa: E402
+from pipeline.cam.labels import LabelRule  # noqa: E402
 from pipeline.metrics import confusion, scores  # noqa: E402
 from pipeline.params import load_params, parse_params  # noqa: E402
 from pipeline.params.schema import to_plain  # noqa: E402

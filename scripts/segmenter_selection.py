@@ -28,8 +28,8 @@ from pipeline.params import load_params  # noqa: E402
 from pipeline.segment.config import InferenceConfig, TrainConfig  # noqa: E402
 from pipeline.segment.crf import dense_crf  # noqa: E402
 from pipeline.segment.decoder import build_decoder  # noqa: E402
-from pipeline.segment.inference import multiscale_logits, normalise  # noqa: E402
-from pipeline.segment.training import SegmenterTrainer, segment_logits  # noqa: E402
+from pipeline.segment.inference import multiscale_logits, normalise, segment_logits  # noqa: E402
+from pipeline.segment.training import SegmenterTrainer  # noqa: E402
 from pipeline.store.dataset_index import DatasetIndex  # noqa: E402
 from pipeline.store.image_store import FileSpec  # noqa: E402
 

@@ -30,7 +30,7 @@ def main(verbose: int, quiet: bool) -> None:
     from the pseudo-labels), evaluate (its mIoU, predictions), report (artifacts/report/index.html).
     Tiny-model training (not a DVC stage; weights ship in the repo): shapes pretrain-clip,
     shapes pretrain-sd. Utilities: params (check, show, preset), predict (a split without masks,
-    e.g. VOC test, in the evaluation server's layout).
+    e.g. VOC test, in the evaluation server's layout), dvcfile (dvc.yaml from the stages' declarations).
     """
     setup_logging(-1 if quiet else verbose)
 
@@ -49,6 +49,21 @@ main.add_command(evaluate.evaluate_command)
 main.add_command(predict.predict_command)
 main.add_command(report.report_command)
 main.add_command(params_cmd.params_group)
+
+
+@main.command("dvcfile")
+@click.option("--write", is_flag=True, help="Rewrite the files instead of only checking them.")
+def dvcfile_command(write: bool) -> None:
+    """Check (or rewrite with --write) dvc.yaml and pipeline/params/defaults.yaml against the code: each
+    stage's deps, params and outs come from its StageSpec, its algorithm code and its layouts. Exits 1
+    when a file is stale. For developers, after adding a stage or changing a default."""
+    from pipeline import dvcfile
+
+    stale = dvcfile.stale([module.SPEC for module in STAGES], write=write)
+    for path in stale:
+        click.echo(f"{'wrote' if write else 'stale'}: {path.name}")
+    if stale and not write:
+        raise SystemExit(1)
 
 if __name__ == "__main__":
     main()

@@ -65,7 +65,8 @@ def pretrain_clip_command(out: Path | None, model_name: str, seed: int, world_se
     given_out, out = out, TINY_CLIP_DIR if out is None else out
     sizes = {k: v for k, v in {"n_tune": n_tune, "n_test": n_test}.items() if v is not None}
     if eval_only is not None:
-        from pipeline.tiny.eval_clip import evaluate_checkpoint, summary
+        from pipeline.tiny.eval_clip import summary
+        from pipeline.tiny.train_clip import evaluate_checkpoint
 
         click.echo(summary(evaluate_checkpoint(eval_only, model_name, world_seed, sizes, threads, metrics_out, progress)))
         return

@@ -84,7 +84,7 @@ def finished(world):
 
 
 def test_store_labels_and_metric(world, finished):
-    from pipeline.cam.pseudo_labels import label_from_cams
+    from pipeline.cam.labels import label_from_cams
     from tests.numpy_scores import numpy_confusion, numpy_miou
     from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.image_store import ImageStore
@@ -183,7 +183,7 @@ def test_an_image_without_classes_gets_zero_cams_on_the_output_grid(world, tiny)
 
 
 def test_labels_from_planted_cams():
-    from pipeline.cam.pseudo_labels import label_from_cams
+    from pipeline.cam.labels import label_from_cams
 
     cams = np.zeros((3, 4, 4), dtype=np.float16)
     cams[1, :2, :2] = 1.0  # class 1 in the top-left quarter
@@ -314,7 +314,7 @@ def test_a_batch_of_images_gives_each_images_own_result(world, tiny):
 
 
 def test_par_snaps_a_blurred_cam_to_the_colour_edge_and_the_ignore_band_leaves_pixels_out():
-    from pipeline.cam.pseudo_labels import LabelRule
+    from pipeline.cam.labels import LabelRule
 
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     image[:, :16] = (220, 30, 30)  # red left half, blue right half

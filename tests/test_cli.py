@@ -21,7 +21,7 @@ DOCUMENTED = {
     ("shapes",), ("shapes", "generate"), ("shapes", "pretrain-clip"), ("shapes", "pretrain-sd"),
     ("prepare",), ("diffusion-attention",), ("tsa-cache",), ("cams",), ("eval-cams",), ("tsa-adapt",), ("train",), ("evaluate",),
     ("report",), ("predict",), ("params",), ("params", "check"), ("params", "show"),
-    ("params", "preset"),
+    ("params", "preset"), ("dvcfile",),
 }
 
 

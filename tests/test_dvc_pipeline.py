@@ -151,7 +151,7 @@ def test_plumbing_edits_leave_stage_a_clean_and_reused_and_its_algorithm_reruns_
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"shapes_world", "prepare", "diffusion_attention"}
     for path, (old, new) in PLUMBING_EDITS.items():
         edit(repo, path, old, new)
-    run([sys.executable, "-m", "pipeline.dvcfile", "--write"], repo)  # the train default reaches defaults.yaml
+    run(["diclip", "dvcfile", "--write"], repo)  # the train default reaches defaults.yaml
     status = changed_stages(repo)
     assert not {"shapes_world", "prepare", "diffusion_attention"} & set(status), status
     assert any("changed deps" in c and "pipeline/params/defaults.yaml" in c["changed deps"] for c in status["train"])

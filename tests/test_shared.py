@@ -236,3 +236,27 @@ def test_s3_killed_mid_push_fails_promptly_resumes_after_restart_and_corruption_
         assert victim_hash not in cached_hashes(clone), "the corrupt object was kept in the cache"
     finally:
         server.kill()
+
+
+def test_the_whole_pipeline_reruns_what_an_edit_decides_and_nothing_else(local_run, tmp_path):
+    """With every stage reproduced: the plumbing edits of test_dvc_pipeline (runner, skeleton, a params
+    docstring, a train default) rerun train and what reads its segmenter, nothing upstream; an edit to stage
+    A's algorithm reruns stage A on every image and every stage that reads it or runs that code, while the
+    stages whose inputs come out byte-identical (the pseudo-labels, when R is not used) are not rerun."""
+    from tests.test_dvc_pipeline import PLUMBING_EDITS, changed_stages, edit
+
+    repo = tmp_path / "repo"
+    shutil.copytree(local_run, repo, symlinks=True)
+    for path, (old, new) in PLUMBING_EDITS.items():
+        edit(repo, path, old, new)
+    run(["diclip", "dvcfile", "--write"], repo)
+    assert set(changed_stages(repo)) == {"train"}
+    assert ran(run(["dvc", "repro"], repo)) == {"train", "evaluate", "report"}
+
+    edit(repo, "pipeline/diffusion/correlation.py", "EPS = 1e-5", "EPS = 1e-5  # an edit to stage A's algorithm")
+    out = run(["dvc", "repro"], repo)
+    assert {"diffusion_attention", "tsa_cache", "cams", "eval_cams", "tsa_adapt", "report"} <= ran(out), out
+    assert "diffusion_attention: done in" in out and "52 images (52 computed, 0 reused, 0 failed)" in out
+    assert not {"shapes_world", "prepare"} & ran(out)
+    if yaml.safe_load((repo / "params.yaml").read_text())["cams"]["vce"] is False:  # the demo's CAMs do not read R
+        assert "train" not in ran(out)  # the same pseudo-labels: the segmenter is not trained again

@@ -3,13 +3,13 @@
 CLIP input (normalised, resized square) -> surgery forward with R (stage A's refined correlation)
 added to every surgery head -> feature-surgery text CAMs of the class texts against class and
 background texts -> affinity refinement with CLIP's attention inside per-class boxes -> RAR with
-stage A's transition P -> per-class min-max at the image size, background = 1 - max, argmax.
+stage A's transition P -> per-class min-max at the image size, background = 1 - max, argmax (the label
+rule: pipeline.cam.labels).
 Each step is a switch (`pipeline.cam.config.CamConfig`), so ablations run the same code. Pure given a loaded CLIP.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,13 +20,12 @@ from pipeline.cam.affinity import attention_affinity, box_masks, refine_cams
 from pipeline.cam.config import SURGERY_VARIANTS as SURGERY_NAMES
 from pipeline.cam.config import CamConfig
 from pipeline.cam.images import normalise_then_resize
-from pipeline.cam.par import par
+from pipeline.cam.labels import LabelRule, Normalisation
 from pipeline.cam.rar import random_walk
 from pipeline.cam.surgery import surgery_forward
 from pipeline.cam.text_cam import fuse_cache, minmax_normalise, text_cams
 from pipeline.diffusion.correlation import resample_correlation
 from pipeline.grids import square_side
-from pipeline.metrics import IGNORE
 
 #: surgery variants (method.md C1 and "ExCEL's CAM path", names in pipeline.cam.config): blocks, (w_q, w_k, w_v)
 SURGERY_VARIANTS: dict[str, tuple[int, tuple[float, float, float]]] = {
@@ -34,10 +33,6 @@ SURGERY_VARIANTS: dict[str, tuple[int, tuple[float, float, float]]] = {
     "excel": (5, (1 / 3, 1 / 3, 1 / 3)),
 }
 assert tuple(SURGERY_VARIANTS) == SURGERY_NAMES, "pipeline.cam.config.SURGERY_VARIANTS names the same variants"
-
-#: (mean, std) of the CLIP input on the 0-255 scale, per channel
-Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]
-
 
 #: a cache CAM: (F, L, E) surgery tokens before normalisation (token 0 = the class token) -> (F, C, L - 1)
 #: per-class patch scores in [0, 1] (the TSA cache's retrieval, stage tsa_cache)
@@ -169,101 +164,3 @@ class ImageCams:
         if gs != g:
             maps = F.interpolate(maps, size=(g, g), mode="bilinear", align_corners=False)
         return out, maps.reshape(len(images), flips, self.num_classes, g, g).amax(1), tokens
-
-
-@dataclass(frozen=True)
-class LabelRule:
-    """How stored CAMs become a pseudo-label: background score, optional PAR, optional ignore band.
-
-    Kept apart from the CAM path so `eval_cams` re-applies exactly the stage's rule (from the store's
-    attrs) while sweeping the background score on the eval split. PAR's guide is the CLIP input (the
-    image normalised with `mean_255`/`std_255` and resized to `guide_size`) brought back to the image
-    size with align_corners=True, as ExCEL feeds it."""
-
-    guide_size: int  # the CLIP input size (cams.clip_size)
-    mean_255: tuple[float, float, float]  # the CLIP input's normalisation on the 0-255 scale
-    std_255: tuple[float, float, float]
-    bg_threshold: float | None  # None: 1 - max
-    par_iterations: int  # 0: no PAR
-    ignore_band: tuple[float, float] | None  # None: every pixel labelled
-
-    def __call__(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray) -> np.ndarray:
-        return label_from_cams(cams, present, image.shape[:2], self.bg_threshold, guide=self._guide(present, image),
-                               par_iterations=self.par_iterations, ignore_band=self.ignore_band)
-
-    def sweep(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray,
-              thresholds: list[float | None]) -> list[np.ndarray]:
-        """This rule's label for each background score in `thresholds` (None: 1 - max), with one PAR
-        call for all of them (PAR treats channels independently, so stacking the background variants
-        gives each the same numbers as its own call)."""
-        classes = np.flatnonzero(present)
-        H, W = image.shape[:2]
-        if not len(classes):
-            return [np.zeros((H, W), dtype=np.uint8) for _ in thresholds]
-        full = full_class_scores(cams, classes, (H, W))
-        bgs = [1 - full.amax(0, keepdim=True) if t is None else torch.full((1, H, W), float(t)) for t in thresholds]
-        scores = torch.cat([*bgs, full])
-        guide = self._guide(present, image)
-        if guide is not None:
-            scores = par(guide, scores, iterations=self.par_iterations)
-        n = len(thresholds)
-        return [labels_from_scores(torch.cat([scores[i:i + 1], scores[n:]]), classes, self.ignore_band) for i in range(n)]
-
-    def _guide(self, present: np.ndarray, image: np.ndarray) -> torch.Tensor | None:
-        if not (self.par_iterations and np.any(present)):
-            return None
-        x = normalise_then_resize(image, self.guide_size, mean=self.mean_255, std=self.std_255)
-        return F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=True)[0]
-
-    @classmethod
-    def from_config(cls, cfg: CamConfig, normalisation: Normalisation) -> "LabelRule":
-        """The rule of a CAM path's config, with its CLIP input's (mean, std)."""
-        mean, std = normalisation
-        return cls(cfg.clip_size, tuple(mean), tuple(std), cfg.bg_threshold, cfg.par_iterations if cfg.par else 0,
-                   None if cfg.ignore_band is None else tuple(cfg.ignore_band))
-
-    def to_attrs(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
-
-    @classmethod
-    def from_attrs(cls, attrs: dict) -> "LabelRule":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()})
-
-
-def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int], bg_threshold: float | None = None,
-                    *, guide: torch.Tensor | None = None, par_iterations: int = 0,
-                    ignore_band: tuple[float, float] | None = None) -> np.ndarray:
-    """(H, W) uint8 pseudo-label from stored CAMs (C, s, s) in [0, 1] and the present classes: each
-    present class's CAM bilinear to the image size and min-max normalised; background scores
-    1 - max over the classes (DiCLIP) or the constant `bg_threshold`; with a `guide` (3, H, W),
-    `par_iterations` of PAR on [background, classes]; argmax -> 0 or c + 1; with `ignore_band`
-    (low, high), pixels whose best class score lies in (low, high] become 255 (ignored)."""
-    classes = np.flatnonzero(present)
-    H, W = size
-    if not len(classes):
-        return np.zeros((H, W), dtype=np.uint8)
-    full = full_class_scores(cams, classes, size)
-    bg = 1 - full.amax(0, keepdim=True) if bg_threshold is None else torch.full((1, H, W), float(bg_threshold))
-    scores = torch.cat([bg, full])
-    if guide is not None and par_iterations:
-        scores = par(guide, scores, iterations=par_iterations)
-    return labels_from_scores(scores, classes, ignore_band)
-
-
-def full_class_scores(cams: np.ndarray, classes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(K, H, W) scores of the present classes: stored CAMs bilinear to the image size, min-max per class."""
-    H, W = size
-    grid = torch.from_numpy(cams[classes].astype(np.float32))
-    full = F.interpolate(grid[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    return minmax_normalise(full.reshape(len(classes), -1), dim=1, eps=1e-6).reshape(-1, H, W)
-
-
-def labels_from_scores(scores: torch.Tensor, classes: np.ndarray, ignore_band: tuple[float, float] | None) -> np.ndarray:
-    """(1 + K, H, W) [background, classes] -> (H, W) uint8: argmax -> 0 or c + 1; pixels whose best
-    class score lies in (low, high] of `ignore_band` -> 255."""
-    ids = torch.from_numpy(np.concatenate([[0], classes + 1]).astype(np.int64))
-    label = ids[scores.argmax(0)].numpy().astype(np.uint8)
-    if ignore_band is not None:
-        best = scores[1:].amax(0).numpy()
-        label[(best > ignore_band[0]) & (best <= ignore_band[1])] = IGNORE
-    return label

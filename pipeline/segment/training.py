@@ -109,27 +109,6 @@ class SegmenterTrainer:
         torch.set_rng_state(state["rng"])
 
 
-@torch.no_grad()
-def segment_logits(decoder: nn.Module, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) normalised input -> (B, C + 1, g, g) logits of the decoder in eval mode."""
-    decoder.eval()
-    tokens, grid = clip_block_tokens(visual, x)
-    return decoder(tokens, grid)[0]
-
-
-def predict(decoder: nn.Module, visual: nn.Module, image: torch.Tensor, size: int, *, patch: int) -> torch.Tensor:
-    """A normalised image (3, H, W) -> (H, W) int64 class indices (0 background), at one scale around a
-    `size` x `size` input, no flip, logits brought to the image through the evaluation's default
-    fraction (the training loop's quick validation; `evaluate` runs the full inference)."""
-    from pipeline.segment.config import InferenceConfig
-    from pipeline.segment.inference import multiscale_logits
-
-    H, W = image.shape[-2:]
-    logits = multiscale_logits(lambda xs: segment_logits(decoder, visual, xs), image[None], (H, W),
-                               base=size, patch=patch, scales=(1.0,), flip=False, fraction=InferenceConfig.fraction)
-    return logits[0].argmax(0)
-
-
 def patch_size(visual: nn.Module) -> int:
     k = visual.conv1.kernel_size
     return int(k[0] if isinstance(k, tuple) else k)

@@ -107,7 +107,7 @@ class ClipCams:
 
     def label_rule(self):
         """How this path's CAMs become labels (stored with the CAMs, re-applied by eval_cams)."""
-        from pipeline.cam.pseudo_labels import LabelRule
+        from pipeline.cam.labels import LabelRule
 
         return LabelRule.from_config(self.config, self.normalisation)
 

@@ -15,7 +15,7 @@ def cams_metric(index, store, thresholds: Sequence[float]) -> tuple[dict, dict]:
     their masks (pixels a label leaves out with `cams.ignore_band` are not scored, and
     `labelled_fraction` says how many were kept), and a sweep of constant background scores on the eval
     split with the store's own label rule (the only split a threshold may be chosen on)."""
-    from pipeline.cam.pseudo_labels import LabelRule
+    from pipeline.cam.labels import LabelRule
     from pipeline.metrics import IGNORE, class_scores, confusion, scores
 
     [labels] = store.files

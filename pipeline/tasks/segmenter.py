@@ -37,7 +37,8 @@ def train_segmenter(index: Any, labels_folder: Path, config: Any, models: Any, n
     from pipeline.segment.decoder import build_decoder
     from pipeline.segment.fit import fit
     from pipeline.segment.inference import normalise as to_input
-    from pipeline.segment.training import SegmenterTrainer, patch_size, predict
+    from pipeline.segment.inference import predict
+    from pipeline.segment.training import SegmenterTrainer, patch_size
     from pipeline.store.checkpoints import CheckpointStore
     from pipeline.store.image_store import FileSpec
     from pipeline.store.live import write_live

@@ -26,7 +26,6 @@ import dataclasses
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -238,39 +237,6 @@ def _score(model: nn.Module, tokenizer: Any, tune: SceneSet, test: SceneSet, con
             "tune_sweep": sweep,
         },
     }
-
-
-def evaluate_checkpoint(path: Path, model_name: str, world_seed: int, sizes: dict[str, int], threads: int,
-                        metrics_out: Path | None, progress: bool) -> dict:
-    """`diclip shapes pretrain-clip --eval-only`: evaluate a checkpoint (a file or a weights folder) as
-    it was evaluated when trained (its manifest's settings), optionally writing the metrics as JSON."""
-    import json
-
-    from pipeline.models import load_clip
-    from pipeline.tiny.manifest import MANIFEST_NAME
-    from pipeline.tiny.train_clip import CHECKPOINT_NAME
-
-    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
-    manifest = checkpoint.parent / MANIFEST_NAME
-    eval_config = ClipEvalConfig(world_seed=world_seed, **sizes)
-    if manifest.is_file():  # evaluate as the checkpoint was evaluated when it was trained
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-        model_name = record.get("model_name", model_name)
-        saved = record.get("config", {}).get("eval")
-        if saved:
-            eval_config = ClipEvalConfig(**{**saved, "thresholds": tuple(saved["thresholds"]),
-                                            "world_seed": world_seed, **sizes})
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        loaded = load_clip(model_name, str(checkpoint), device="cpu")
-        metrics = evaluate_clip(loaded.model, loaded.tokenizer, eval_config, model_name=model_name, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
-    if metrics_out is not None:
-        metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        metrics_out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return metrics
 
 
 def summary(metrics: dict) -> str:
