@@ -125,7 +125,7 @@ PLUMBING_EDITS = {  # file: (text to find, replacement): edits that change no re
     "pipeline/skeleton.py": ('"""One stage\'s declaration;', '"""One stage\'s declaration (edited);'),
     "pipeline/params/sections.py": ('"""Stage report: which images the figure grids show."""',
                                     '"""Stage report: which images the figure grids show (an edited docstring)."""'),
-    "pipeline/segment/config.py": ("affinity_radius: int = 8", "affinity_radius: int = 7"),  # a train default
+    "pipeline/segment/config.py": ("affinity_weight: float = 0.1", "affinity_weight: float = 0.2"),  # a train default
 }
 
 
@@ -141,15 +141,21 @@ def changed_stages(repo: Path) -> dict:
     return json.loads(run(["dvc", "status", "--json"], repo).strip().splitlines()[-1])
 
 
-def test_plumbing_edits_leave_stage_a_clean_and_reused_and_its_algorithm_reruns_it(tmp_path):
+def test_plumbing_edits_leave_stage_a_clean_and_reused_and_its_params_and_algorithm_rerun_it(tmp_path):
     """Stage A's key is its params' resolved values, its algorithm code, its layouts and its inputs: edits to
     the runner, the skeleton, a params docstring and another section's default leave `dvc status` clean for
-    it and its per-image resume reuses every image; an edit to its algorithm code reruns it."""
+    it and its per-image resume reuses every image; its own param reruns it alone, the runner's params
+    nothing; an edit to its algorithm code reruns it on every image."""
     repo = copy_repo(tmp_path / "repo")
     edit_params(repo, lambda p: (p["shapes"].update(splits={"train": 8, "val": 4}),
                                  p["diffusion_attention"].update(eval_images=0), p["runner"].update(in_process=True)))
     commit(repo)
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"shapes_world", "prepare", "diffusion_attention"}
+    assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == set()
+    edit_params(repo, lambda p: p["diffusion_attention"]["diclip"].update(threshold=0.3))
+    assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"diffusion_attention"}
+    edit_params(repo, lambda p: p["runner"].update(n_workers=1))  # results never depend on the runner
+    assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == set()
     for path, (old, new) in PLUMBING_EDITS.items():
         edit(repo, path, old, new)
     run(["diclip", "dvcfile", "--write"], repo)  # the train default reaches defaults.yaml
