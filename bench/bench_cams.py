@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     from pipeline.cam.config import CamConfig
-    from pipeline.cam.images import normalise_then_resize
+    from pipeline.clip_input import normalise_then_resize
     from pipeline.cam.pseudo_labels import ImageCams
     from pipeline.models.clip import input_normalisation
     from pipeline.cam.surgery import surgery_forward

@@ -80,7 +80,7 @@ class Setup:
 
         from dataclasses import replace
 
-        from pipeline.diffusion.capture import vae_factor_from_config
+        from pipeline.diffusion.sd_input import vae_factor_from_config
         from pipeline.diffusion.recipes import max_clusters
         from pipeline.params import parse_params
         from pipeline.params.presets import load_preset

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.diffusion.capture import add_noise, encode_images, encode_prompt, image_noise_seed  # noqa: E402
+from pipeline.diffusion.sd_input import add_noise, encode_images, encode_prompt, image_noise_seed, seeded_noise  # noqa: E402
 from pipeline.diffusion.config import StageAConfig  # noqa: E402
 from pipeline.diffusion.correlation import head_scores, head_product, normalise_scores  # noqa: E402
 from pipeline.diffusion.kl_assign import kl_assign  # noqa: E402
@@ -68,8 +68,8 @@ def main() -> None:
         captured = []
         for image_id in ids:
             image, mask = images.load_image(image_id), images.load_mask(image_id)
-            lat = encode_images(pipe.vae, [image], size, antialias=False, truncate=True)
-            lat = add_noise(lat, t, [image_noise_seed(0, image_id)], pipe.scheduler.alphas_cumprod)
+            lat = encode_images(pipe.vae, [image], size, resize="diclip")
+            lat = add_noise(lat, t, seeded_noise(lat.shape[1:], [image_noise_seed(0, image_id)]), pipe.scheduler.alphas_cumprod)
             cap = capture_layers(pipe.unet, lat, text, t, taps, stop_early=False)
             scores = {}
             for path, c in cap.items():

@@ -43,9 +43,13 @@ def show_command(params_path: Path) -> None:
 @click.option("--root", default=None, help="Dataset root folder to set as dataset.root (VOC2012 or COCO folder).")
 @friendly_errors
 def preset_command(name: str, params_path: Path, root: str | None) -> None:
-    """Switch params.yaml to preset NAME (shapes, voc, coco), keeping its comments and other keys.
+    """Switch params.yaml to preset NAME, keeping its comments and other keys.
 
-    Only the keys the preset names are replaced; review the result with `diclip params show`.
+    shapes: the demo world and tiny models. voc, coco: DiCLIP on that dataset with CLIP ViT-B/16 and
+    SD 2.1-base (its own arithmetic: tests/test_diclip_parity.py). excel-voc, excel-coco: ExCEL's
+    training-free path on the same data (tests/test_excel_parity.py), for running the two side by side
+    with `dvc exp run`. Only the keys the preset names are replaced; review the result with
+    `diclip params show`.
     """
     from pipeline.params.presets import apply_preset
 

@@ -30,7 +30,7 @@ def inputs(pipe):
     """Two seeded 16x16 latents (64 px images) and the empty prompt's text embedding."""
     import torch
 
-    from pipeline.diffusion.capture import encode_prompt
+    from pipeline.diffusion.sd_input import encode_prompt
 
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     return latents, encode_prompt(pipe, "")

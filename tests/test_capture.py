@@ -13,14 +13,10 @@ from pipeline.diffusion.capture import (
     AggregatingSelfAttnProcessor,
     ImageAttention,
     capture_self_attention,
-    encode_prompt,
-    image_noise_seed,
     layer_grids,
-    native_image_size,
     resample_attention,
-    vae_factor,
-    vae_factor_from_config,
 )
+from pipeline.diffusion.sd_input import encode_prompt, image_noise_seed, native_image_size, vae_factor, vae_factor_from_config
 from pipeline.models import self_attention_layers
 
 # the tiny SD's attn1 token grids for 16x16 latents (64 px images), in execution order:

@@ -95,10 +95,11 @@ def test_store_layout_attributes_and_metric(world, finished):
     assert "code_version" not in attrs and len(attrs["code_digest"]) == 16 and attrs["inputs"] == {"index": index.fingerprint}
     assert attrs["model"] == str(world["model"]) and attrs["timestep"] == 100 and attrs["recipe"] == "diclip"
     assert (attrs["image_size"], attrs["latent_size"], attrs["grid"], attrs["max_clusters"]) == (64, 16, 8, 16)
-    assert attrs["transition"] == {"layer": TINY["transition"]["layer"], "heads": [1, 2], "sharpen": 0.02, "grid": 16, "k": 32}
+    assert attrs["transition"] == {"layer": TINY["transition"]["layer"], "heads": [1, 2], "sharpen": 0.02,
+                                   "store_dtype": "float16", "grid": 16, "k": 32}
     assert attrs["splits"] == {"train": N_TRAIN, "val": N_VAL}
     specs = {s.name: (s.shape, s.dtype) for s in maps.store.specs}
-    assert specs == {"clusters": ((8, 8), "uint8"), "k": ((), "int32"), "rows": ((16, 64), "float16"),
+    assert specs == {"clusters": ((8, 8), "uint8"), "k": ((), "int32"), "rows": ((16, 64), "float32"),
                      "transition_values": ((256, 32), "float16"), "transition_index": ((256, 32), "int16"),
                      "transition_kept": ((), "float32"), "transition_truncated": ((), "float32")}
     assert len(list((out / "rows" / "c").iterdir())) == 4  # one shard file per block of 4 images

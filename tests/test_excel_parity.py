@@ -7,7 +7,6 @@ ExCEL's settings, every intermediate compared within that README's gates (about 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -28,32 +27,17 @@ def reference(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     pytest.skip(f"{name} is not in {REF} or {', '.join(map(str, SHARED))} (set DICLIP_EXCEL_REFERENCE)")
-WEIGHTS_SHA256 = "638275dbb0e051f9769db0a8cc45333a840e1fe81669d253d9d60c1fca5697eb"
+
+
 GRID, SURGERY_BLOCKS, BOX_THRESHOLD = 20, 5, 0.79
-
-
-def sha256_of(state: dict) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode("utf-8") + b"\x00")
-        h.update(state[k].detach().cpu().float().contiguous().numpy().astype("<f4").tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
 def model():
     """ViT-B-16-quickgelu, seed 0, the visual q and k rows x4 (the README's recipe), checksum verified."""
-    import open_clip
+    from tests.parity_weights import reference_clip
 
-    torch.manual_seed(0)
-    m = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, device="cpu", precision="fp32")
-    state = m.state_dict()
-    with torch.no_grad():
-        for i in range(12):
-            for name in ("weight", "bias"):
-                state[f"visual.transformer.resblocks.{i}.attn.in_proj_{name}"][: 2 * 768] *= 4.0
-    assert sha256_of(state) == WEIGHTS_SHA256, "the random weights differ from ExCEL's run (check torch/open_clip versions)"
-    return m.eval()
+    return reference_clip()
 
 
 def close(name: str, ours, ref, gate: float) -> None:
@@ -79,7 +63,7 @@ def test_text_features_match(model):
 @pytest.mark.parametrize("image", ["chelsea", "astronaut"])
 def test_cam_path_matches_excel_stage_by_stage(model, image):
     from pipeline.cam.affinity import attention_affinity, box_mask, refine_cams
-    from pipeline.cam.images import normalise_then_resize
+    from pipeline.clip_input import normalise_then_resize
     from pipeline.cam.par import par
     from pipeline.models.clip import input_normalisation
     from pipeline.cam.surgery import surgery_forward

@@ -109,9 +109,33 @@ def test_presets_switch_the_dataset_and_keep_comments(tmp_path):
     assert load_params(path).models == Params().models
     # every key the voc preset changed is set back: the file is the repository's params.yaml again, byte for byte
     assert path.read_text() == (ROOT / "params.yaml").read_text()
-    with pytest.raises(ParamsError, match="unknown preset 'pascal'; available: coco, shapes, voc"):
+    with pytest.raises(ParamsError, match="unknown preset 'pascal'; available: coco, excel-coco, excel-voc, shapes, voc"):
         apply_preset(path, "pascal")
     assert yaml.safe_load(path.read_text())["dataset"]["kind"] == "folder"
+    for name in list_presets():  # every preset is undone by the shapes preset: no key is left behind
+        apply_preset(path, name)
+        apply_preset(path, "shapes")
+        assert path.read_text() == (ROOT / "params.yaml").read_text(), name
+
+
+def test_excel_presets_are_the_dataset_presets_with_excels_cam_path(tmp_path, monkeypatch):
+    from pipeline.params import parse_params
+    from pipeline.params.presets import load_preset
+
+    for dataset in ("voc", "coco"):
+        diclip, excel = (parse_params(load_preset(n), n) for n in (dataset, f"excel-{dataset}"))
+        assert excel.dataset == diclip.dataset and excel.models == diclip.models
+        assert excel.diffusion_attention == diclip.diffusion_attention and excel.train == diclip.train
+        c = excel.cams
+        assert (c.surgery, c.vce, c.rar, c.cache_weight, c.par, c.box_threshold, c.label_upsample) == \
+            ("excel", False, False, 0.0, True, 0.79, None)
+        assert c.attributes_file.startswith("data/excel/descriptors_") and c.attribute_clusters == {"voc": 112, "coco": 224}[dataset]
+        assert (diclip.cams.surgery, diclip.cams.vce, diclip.cams.rar, diclip.cams.cache_weight) == ("diclip", True, True, 0.5)
+    monkeypatch.setattr("pipeline.params.presets.PRESET_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ParamsError, match=r"presets extend each other in a circle \(a -> b -> a\)"):
+        load_preset("a")
 
 
 # --- reading the file: encodings, top-level shape, duplicate keys, non-string keys ---

@@ -21,7 +21,12 @@ def attention_affinity(maps: torch.Tensor, *, rounds: int) -> torch.Tensor:
     The maps are averaged, the class row and column dropped (no renormalisation), then `rounds`
     times columns and rows are normalised (columns first); W = ((T + T^T) / 2)^2.
     """
-    a = maps.float().mean(0)[1:, 1:]
+    return patch_affinity(maps.float().mean(0)[1:, 1:], rounds=rounds)
+
+
+def patch_affinity(a: torch.Tensor, *, rounds: int) -> torch.Tensor:
+    """(N, N) mean patch-patch attention -> W (N, N): `rounds` times columns then rows normalised,
+    symmetrised, squared."""
     for _ in range(rounds):
         a = a / a.sum(0, keepdim=True)
         a = a / a.sum(1, keepdim=True)

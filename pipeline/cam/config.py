@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 SURGERY_VARIANTS = ("diclip", "excel")  # their blocks and q/k/v weights: pipeline.cam.pseudo_labels
 NORMALISATIONS = ("imagenet", "model")
+CACHE_SCORES = ("diclip", "cosine")  # pipeline.tsa.retrieval
+STORE_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class CamConfig:
     scales: tuple[float, ...] = (1.0,)  # CLIP input scales of clip_size (DiCLIP: 1.0 only; CLIP-ES/ExCEL-style: e.g. [1.0, 0.5, 1.5, 2.0]); must hold 1.0, whose attention refines
     flip: bool = False  # also run the mirrored image at every scale (in the same batch) and keep the max
     cache_weight: float = 0.5  # TSA cache CAM fused as minmax(cache_weight * cache + text) (DiCLIP 0.5); 0: no cache
+    cache_scores: str = "diclip"  # diclip: keys as they are, class-token weights, DiCLIP's min-max | cosine: unit keys and tokens, no weights (ours before issue 23)
+    label_upsample: int | None = 512  # CAMs pass through this square size on the way to the image (DiCLIP 512); null: straight to the image
+    store_dtype: str = "float16"  # of the stored CAMs, which the labels are made from: float16 (ours, half the bytes) | float32 (DiCLIP's labels exactly)
 
     def __post_init__(self) -> None:
         if self.clip_size < 8:
@@ -79,5 +84,11 @@ class CamConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if 1.0 not in self.scales or any(not x > 0 for x in self.scales) or len(set(self.scales)) != len(self.scales):
             raise ValueError(f"scales must be distinct positive factors including 1.0 (the base scale), got {list(self.scales)}")
+        if self.cache_scores not in CACHE_SCORES:
+            raise ValueError(f"cache_scores must be one of {', '.join(CACHE_SCORES)}, got {self.cache_scores!r}")
+        if self.label_upsample is not None and self.label_upsample < 1:
+            raise ValueError(f"label_upsample must be null or >= 1, got {self.label_upsample}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
         if self.bg_threshold is not None and not 0 <= self.bg_threshold <= 1:
             raise ValueError(f"bg_threshold must be null or lie in [0, 1], got {self.bg_threshold}")

@@ -15,15 +15,6 @@ from .surgery import surgery_forward
 from .text_cam import cams_to_image, text_cams
 
 
-def normalise_then_resize(image: np.ndarray, size: int, *, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> (1, 3, size, size) float32 as ExCEL and DiCLIP feed CLIP (method.md, Inputs):
-    normalised on the 0-255 scale in float64 (`mean`, `std`: pipeline.models.clip.input_normalisation), then resized bilinearly (align_corners=False, no
-    antialias) to a square, the aspect ratio not kept."""
-    x = (np.asarray(image, dtype=np.float64) - np.asarray(mean)) / np.asarray(std)
-    t = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def to_clip_input(images: np.ndarray | torch.Tensor, visual: nn.Module) -> torch.Tensor:
     """uint8 images (N, H, W, 3) -> (N, 3, H, W) float32 normalised with the model's mean/std.
 

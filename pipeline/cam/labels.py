@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cam.config import CamConfig
-from pipeline.cam.images import normalise_then_resize
+from pipeline.clip_input import normalise_then_resize
 from pipeline.cam.par import par
 from pipeline.cam.text_cam import minmax_normalise
 from pipeline.metrics import IGNORE
@@ -36,10 +36,11 @@ class LabelRule:
     bg_threshold: float | None  # None: 1 - max
     par_iterations: int  # 0: no PAR
     ignore_band: tuple[float, float] | None  # None: every pixel labelled
+    upsample: int | None = None  # the square size the CAMs pass through on the way to the image (DiCLIP: 512)
 
     def __call__(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray) -> np.ndarray:
         return label_from_cams(cams, present, image.shape[:2], self.bg_threshold, guide=self._guide(present, image),
-                               par_iterations=self.par_iterations, ignore_band=self.ignore_band)
+                               par_iterations=self.par_iterations, ignore_band=self.ignore_band, upsample=self.upsample)
 
     def sweep(self, cams: np.ndarray, present: np.ndarray, image: np.ndarray,
               thresholds: list[float | None]) -> list[np.ndarray]:
@@ -50,7 +51,7 @@ class LabelRule:
         H, W = image.shape[:2]
         if not len(classes):
             return [np.zeros((H, W), dtype=np.uint8) for _ in thresholds]
-        full = full_class_scores(cams, classes, (H, W))
+        full = full_class_scores(cams, classes, (H, W), upsample=self.upsample)
         bgs = [1 - full.amax(0, keepdim=True) if t is None else torch.full((1, H, W), float(t)) for t in thresholds]
         scores = torch.cat([*bgs, full])
         guide = self._guide(present, image)
@@ -70,7 +71,7 @@ class LabelRule:
         """The rule of a CAM path's config, with its CLIP input's (mean, std)."""
         mean, std = normalisation
         return cls(cfg.clip_size, tuple(mean), tuple(std), cfg.bg_threshold, cfg.par_iterations if cfg.par else 0,
-                   None if cfg.ignore_band is None else tuple(cfg.ignore_band))
+                   None if cfg.ignore_band is None else tuple(cfg.ignore_band), cfg.label_upsample)
 
     def to_attrs(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -82,9 +83,10 @@ class LabelRule:
 
 def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int], bg_threshold: float | None = None,
                     *, guide: torch.Tensor | None = None, par_iterations: int = 0,
-                    ignore_band: tuple[float, float] | None = None) -> np.ndarray:
+                    ignore_band: tuple[float, float] | None = None, upsample: int | None = None) -> np.ndarray:
     """(H, W) uint8 pseudo-label from stored CAMs (C, s, s) in [0, 1] and the present classes: each
-    present class's CAM bilinear to the image size and min-max normalised; background scores
+    present class's CAM bilinear to the image size (through `upsample` x `upsample` first, as
+    DiCLIP: :func:`full_class_scores`) and min-max normalised; background scores
     1 - max over the classes (DiCLIP) or the constant `bg_threshold`; with a `guide` (3, H, W),
     `par_iterations` of PAR on [background, classes]; argmax -> 0 or c + 1; with `ignore_band`
     (low, high), pixels whose best class score lies in (low, high] become 255 (ignored)."""
@@ -92,7 +94,7 @@ def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int]
     H, W = size
     if not len(classes):
         return np.zeros((H, W), dtype=np.uint8)
-    full = full_class_scores(cams, classes, size)
+    full = full_class_scores(cams, classes, size, upsample=upsample)
     bg = 1 - full.amax(0, keepdim=True) if bg_threshold is None else torch.full((1, H, W), float(bg_threshold))
     scores = torch.cat([bg, full])
     if guide is not None and par_iterations:
@@ -100,10 +102,21 @@ def label_from_cams(cams: np.ndarray, present: np.ndarray, size: tuple[int, int]
     return labels_from_scores(scores, classes, ignore_band)
 
 
-def full_class_scores(cams: np.ndarray, classes: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """(K, H, W) scores of the present classes: stored CAMs bilinear to the image size, min-max per class."""
-    H, W = size
+def upsampled_scores(cams: np.ndarray, classes: np.ndarray, size: int) -> torch.Tensor:
+    """(K, size, size) CAMs of the present classes bilinear to a square and min-max per class without
+    epsilon: DiCLIP's 512 x 512 step between its 40 x 40 RAR grid and the image."""
     grid = torch.from_numpy(cams[classes].astype(np.float32))
+    maps = F.interpolate(grid[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return minmax_normalise(maps.reshape(len(classes), -1), dim=1, eps=0.0).reshape(-1, size, size)
+
+
+def full_class_scores(cams: np.ndarray, classes: np.ndarray, size: tuple[int, int], *,
+                      upsample: int | None = None) -> torch.Tensor:
+    """(K, H, W) scores of the present classes: stored CAMs bilinear to the image size (with `upsample`,
+    through :func:`upsampled_scores` first, as DiCLIP goes 40 -> 512 -> H x W), min-max per class with
+    1e-6 (DiCLIP's cam_to_label)."""
+    H, W = size
+    grid = upsampled_scores(cams, classes, upsample) if upsample else torch.from_numpy(cams[classes].astype(np.float32))
     full = F.interpolate(grid[None], size=(H, W), mode="bilinear", align_corners=False)[0]
     return minmax_normalise(full.reshape(len(classes), -1), dim=1, eps=1e-6).reshape(-1, H, W)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pipeline.cam.affinity import attention_affinity, box_masks, refine_cams
 from pipeline.cam.config import SURGERY_VARIANTS as SURGERY_NAMES
 from pipeline.cam.config import CamConfig
-from pipeline.cam.images import normalise_then_resize
+from pipeline.clip_input import normalise_then_resize
 from pipeline.cam.labels import LabelRule, Normalisation
 from pipeline.cam.rar import random_walk
 from pipeline.cam.surgery import surgery_forward
@@ -41,7 +41,7 @@ CacheCams = Callable[[torch.Tensor], torch.Tensor]
 
 class ImageCams:
     """`(image (H, W, 3) uint8, present (C,) bool, R (g^2, g^2) or None, P (t^2, t^2) or None) ->
-    {cams (C, s, s) float16, label (H, W) uint8}`: CAMs of the present classes (absent ones zero) on
+    {cams (C, s, s) in config.store_dtype, label (H, W) uint8}`: CAMs of the present classes (absent ones zero) on
     the output grid s (P's grid t with RAR, else the CLIP grid), and the pseudo-label (0 background,
     c + 1 class c). :meth:`batch` does several images with one CLIP forward per scale (their
     mirrors in the same batch); a cache CAM (`cache`, the TSA cache) is fused with the text CAM as
@@ -94,9 +94,9 @@ class ImageCams:
                 side = square_side(p.shape[0], "transition rows")
                 if len(c):
                     k = random_walk(k, g, p, iterations=cfg.rar_iterations)
-            stored = np.zeros((self.num_classes, side, side), dtype=np.float16)
+            stored = np.zeros((self.num_classes, side, side), dtype=cfg.store_dtype)
             if len(c):
-                stored[c] = minmax_normalise(k, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(np.float16)
+                stored[c] = minmax_normalise(k, dim=1, eps=1e-6).reshape(-1, side, side).numpy().astype(cfg.store_dtype)
             results.append({"cams": stored, "label": self.rule(stored, presents[i], images[i])})
         if features:
             for result, f in zip(results, self._features(base_tokens, n)):

@@ -20,16 +20,26 @@ import torch.nn.functional as F
 TOKEN_NORMS: tuple[str, ...] = ("feature", "token")
 
 
-def token_text_similarity(tokens: torch.Tensor, text: torch.Tensor, *, token_norm: str = "feature") -> torch.Tensor:
+def token_text_similarity(tokens: torch.Tensor, text: torch.Tensor, *, token_norm: str = "feature",
+                          normalise_text: bool = True) -> torch.Tensor:
     """Similarity of tokens (B, L, E) with texts (C, E) -> (B, L, C).
 
-    Texts are L2-normalised over features. Tokens are L2-normalised over features
-    (``token_norm="feature"``, a cosine) or over the token axis (``"token"``, ExCEL's code).
+    Texts are L2-normalised over features unless `normalise_text` is off (DiCLIP's cache keys enter
+    as they are). Tokens are L2-normalised over features (``token_norm="feature"``, a cosine) or over
+    the token axis (``"token"``, ExCEL's code).
     """
     if token_norm not in TOKEN_NORMS:
         raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
     tokens = F.normalize(tokens.float(), dim=-1 if token_norm == "feature" else 1)
-    return tokens @ F.normalize(text.float(), dim=-1).T
+    text = F.normalize(text.float(), dim=-1) if normalise_text else text.float()
+    return tokens @ text.T
+
+
+def token_weights(similarity: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """CLIP Surgery's and ExCEL's class-token weights (B, C) from a similarity (B, L, C) whose token 0
+    is the class token: softmax over texts of ``temperature * similarity[:, 0]``, over its mean."""
+    prob = torch.softmax(temperature * similarity[:, 0], dim=-1)
+    return prob / prob.mean(-1, keepdim=True)
 
 
 def feature_surgery(similarity: torch.Tensor, *, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,17 +61,20 @@ def class_token_weights(image_embedding: torch.Tensor, text: torch.Tensor, *, te
 
 
 def minmax_normalise(x: torch.Tensor, *, dim: int, eps: float = 1e-7) -> torch.Tensor:
-    """``(x - min) / (max - min + eps)`` along ``dim``: values in [0, 1]."""
+    """``(x - min) / (max - min + eps)`` along ``dim``: values in [0, 1]. With eps 0 (DiCLIP's and
+    ExCEL's min-max) a constant slice gives zeros, not DiCLIP's NaN."""
     lo, hi = x.amin(dim, keepdim=True), x.amax(dim, keepdim=True)
-    return (x - lo) / (hi - lo + eps)
+    span = hi - lo + eps
+    return (x - lo) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def fuse_cache(text: torch.Tensor, cache: torch.Tensor, weight: float) -> torch.Tensor:
     """DiCLIP's fusion of the TSA cache CAM with the text CAM (method.md C4): (..., K, N) each ->
-    min-max over the N patches of (weight * cache + text); weight 0 returns `text` unchanged."""
+    min-max over the N patches of (weight * cache + text), without epsilon as DiCLIP; weight 0 returns
+    `text` unchanged."""
     if not weight:
         return text
-    return minmax_normalise(weight * cache.float() + text.float(), dim=-1, eps=1e-7)
+    return minmax_normalise(weight * cache.float() + text.float(), dim=-1, eps=0.0)
 
 
 def text_cams(
@@ -98,8 +111,7 @@ def text_cams(
     if surgery:
         weights = None
         if cls_weighting and cls_from_tokens:
-            prob = torch.softmax(temperature * sim[:, 0], dim=-1)  # (B, C): token 0 against every text
-            weights = prob / prob.mean(-1, keepdim=True)
+            weights = token_weights(sim, temperature)  # (B, C): token 0 against every text
         elif cls_weighting:
             if image_embedding is None:
                 raise ValueError("cls_weighting needs image_embedding")

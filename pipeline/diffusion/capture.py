@@ -12,13 +12,12 @@ the G x G grid attends.
 
 `capture_self_attention` works on latents; :class:`ImageAttention` is the image-level helper that
 encodes images with the VAE, adds per-image seeded noise at the timestep and encodes the prompt
-once.
+once (the steps themselves: pipeline.diffusion.sd_input).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from typing import Iterator, Mapping, Sequence
 
@@ -26,11 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.diffusion.sd_input import (
+    add_noise,
+    encode_images,
+    encode_prompt,
+    native_image_size,
+    sd_alphas_cumprod,
+    seeded_noise,
+    vae_factor,
+)
 from pipeline.diffusion.selected import tapped_processors
-
-# SD's training noise schedule (scaled-linear betas 0.00085..0.012 over 1000 steps): used to add
-# noise when no scheduler is given.
-_SD_BETAS = (0.00085, 0.012, 1000)
 
 
 # ---------------------------------------------------------------------------------- resampling
@@ -299,23 +303,6 @@ def aggregating_processors(unet: torch.nn.Module, aggregator: AttentionAggregato
 
 
 # ---------------------------------------------------------------------------------- capture
-def sd_alphas_cumprod() -> torch.Tensor:
-    """(1000,) float64 cumulative alphas of SD's scaled-linear schedule."""
-    start, end, steps = _SD_BETAS
-    betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def add_noise(latents: torch.Tensor, timestep: int, seeds: Sequence[int], alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x_0): sqrt(a_t) x0 + sqrt(1 - a_t) eps, eps drawn per image from its own seed (CPU RNG)."""
-    noise = torch.stack([
-        torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
-        for s in seeds
-    ]).to(latents.device)
-    a = float(alphas_cumprod[int(timestep)])
-    return (math.sqrt(a) * latents.float() + math.sqrt(1.0 - a) * noise).to(latents.dtype)
-
-
 @torch.no_grad()
 def capture_self_attention(
     unet: torch.nn.Module,
@@ -355,7 +342,8 @@ def capture_self_attention(
         seeds = [int(noise_seed) + b for b in range(B)] if isinstance(noise_seed, (int, np.integer)) else list(noise_seed)
         if len(seeds) != B:
             raise ValueError(f"noise_seed gives {len(seeds)} seeds for a batch of {B}")
-        latents = add_noise(latents, timestep, seeds, sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
+        noise = seeded_noise(latents.shape[1:], seeds)
+        latents = add_noise(latents, timestep, noise, sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod)
     text = encoder_hidden_states.to(param.device, param.dtype)
     if text.shape[0] == 1 and B > 1:
         text = text.expand(B, *text.shape[1:])
@@ -367,60 +355,6 @@ def capture_self_attention(
 
 
 # ---------------------------------------------------------------------------------- images
-def image_noise_seed(base_seed: int, image_id: str) -> int:
-    """A per-image seed from the base seed and the image id (independent of order and workers)."""
-    digest = hashlib.sha256(f"{int(base_seed)}\0{image_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def vae_factor_from_config(vae_config: Mapping) -> int:
-    """The VAE's spatial downsampling from its config (``vae/config.json`` as a dict, or the model's
-    ``.config``): 2 per block after the first (8 for SD, 4 for the tiny SD)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-def vae_factor(pipe) -> int:
-    """The pipeline's VAE downsampling (:func:`vae_factor_from_config` of ``pipe.vae.config``)."""
-    return vae_factor_from_config(pipe.vae.config)
-
-
-def native_image_size(pipe) -> int:
-    """The square input size the pipeline was trained at: UNet sample_size x VAE downsampling."""
-    return int(pipe.unet.config.sample_size) * vae_factor(pipe)
-
-
-@torch.no_grad()
-def encode_prompt(pipe, prompt: str = "") -> torch.Tensor:
-    """(1, L, D) text-encoder hidden states of `prompt` (padded to the tokenizer's max length)."""
-    tok = pipe.tokenizer(prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    device = next(pipe.text_encoder.parameters()).device
-    return pipe.text_encoder(tok.input_ids.to(device))[0]
-
-
-@torch.no_grad()
-def encode_images(vae, images: Sequence[np.ndarray], size: int, *, antialias: bool = True,
-                  truncate: bool = False) -> torch.Tensor:
-    """(B, C, size/f, size/f) scaled VAE latents (posterior mean) of uint8 (H, W, 3) images resized to size.
-
-    Bilinear resize (align_corners=False), with antialiasing when shrinking if `antialias`; with
-    `truncate` the resized 0-255 values are truncated to integers first, as DiCLIP's uint8 round
-    trip does. Pixels then map to [-1, 1].
-    """
-    param = next(vae.parameters())
-    batch = []
-    for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # (3, H, W) in 0..255
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)[0]
-        if truncate:
-            x = x.clamp_(0, 255).trunc_()
-        batch.append(x.div_(127.5).sub_(1.0))
-    x = torch.stack(batch).to(param.device, param.dtype)
-    latents = vae.encode(x).latent_dist.mean
-    return latents * vae.config.scaling_factor
-
-
 class ImageAttention:
     """Image-level capture: VAE latent, seeded noise at the timestep, prompt encoded once, one forward.
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 SD21_CORRELATION_LAYER = "up_blocks.1.attentions.2.transformer_blocks.0.attn1"  # 10x10 tokens at 320 px (method.md A2)
 SD21_TRANSITION_LAYER = "up_blocks.3.attentions.1.transformer_blocks.0.attn1"  # 40x40 tokens at 320 px (method.md A5)
 RECIPES = ("diclip", "acr")
-RESIZES = ("diclip", "antialias")
+RESIZES = ("diclip", "antialias")  # pipeline.diffusion.sd_input.sd_pixels
+KL_PRECISIONS = ("float16", "float32")  # pipeline.diffusion.kl_assign
+STORE_DTYPES = ("float16", "float32")
 
 
 def _check_heads(where: str, heads: tuple[int, ...]) -> None:
@@ -31,6 +33,7 @@ class DiclipConfig:
     threshold: float = 0.2  # entries below this fraction of their column's max are zeroed (DiCLIP 0.2)
     anchor_stride: int | None = None  # anchors at range(0, grid, stride)^2; null: grid // 3 (DiCLIP: 0, 6, 12, 18 on 20x20 -> 16 anchors)
     rounds: int = 5  # nearest-anchor assignment rounds (DiCLIP 5)
+    kl_precision: str = "float16"  # float16: DiCLIP's distance, whose rounding decides its ties (its ids exactly); float32: ours, ties separated
 
     def __post_init__(self) -> None:
         if not self.layer.strip():
@@ -42,6 +45,8 @@ class DiclipConfig:
             raise ValueError(f"anchor_stride must be null or >= 1, got {self.anchor_stride}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.kl_precision not in KL_PRECISIONS:
+            raise ValueError(f"kl_precision must be one of {', '.join(KL_PRECISIONS)}, got {self.kl_precision!r}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class TransitionConfig:
     heads: tuple[int, ...] = (1, 2)  # 0-based heads whose softmax probabilities are averaged (DiCLIP 1 and 2)
     sharpen: float = 0.02  # DiCLIP's p + s log10(e p) sharpening after the column-max normalisation (0: none)
     topk: int = 64  # entries kept per row (values renormalised; exact for rows with <= topk non-zeros); 0: no P stored
+    store_dtype: str = "float16"  # of the stored values: float16 (ours, half the bytes) | float32 (with topk >= a row's non-zeros: DiCLIP's P exactly)
 
     def __post_init__(self) -> None:
         if not self.layer.strip():
@@ -88,6 +94,8 @@ class TransitionConfig:
             raise ValueError(f"sharpen must be >= 0, got {self.sharpen}")
         if not 0 <= self.topk <= 32767:
             raise ValueError(f"topk must lie in 0..32767 (ids are int16), got {self.topk}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class StageAConfig:
     recipe: str = "diclip"  # diclip (method.md A2-4) | acr (all layers aggregated, KL merging + k-means)
     # --- the forward pass (the model itself: models.sd.model, models.device, models.precision)
     image_size: int | None = 320  # images are resized to this square size before the VAE (DiCLIP: its 320 px CLIP input); null: the model's native size
-    resize: str = "diclip"  # diclip: bilinear without antialias, then uint8 truncation (DiCLIP's SD input); antialias: bilinear with antialiasing
+    resize: str = "diclip"  # diclip: DiCLIP's SD input (its ImageNet-normalised CLIP input de-normalised, truncated to uint8, float16); antialias: the image resized with antialiasing, float32
     timestep: int | None = None  # diffusion timestep of the forward; null: the model's own scheduler at schedule_steps, entry schedule_index (SD 2.1-base's PNDM: 101)
     schedule_steps: int = 50  # with timestep null: inference steps the scheduler is set to (DiCLIP 50)
     schedule_index: int = 45  # with timestep null: which of its timesteps (DiCLIP 45)

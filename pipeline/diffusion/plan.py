@@ -45,7 +45,7 @@ class Plan:
 def plan(config: StageAConfig, model: str) -> Plan:
     """Resolve `config` (the diffusion_attention params) against `model` (a diffusers folder or hub id);
     ParamsError naming the key when a size, layer or head does not fit the model."""
-    from pipeline.diffusion.capture import vae_factor_from_config
+    from pipeline.diffusion.sd_input import vae_factor_from_config
     from pipeline.diffusion.recipes import max_clusters
     from pipeline.diffusion.selected import LayerTap, UnknownLayerError, check_taps
     from pipeline.models.sd_config import inference_timestep, read_component_config, self_attention_layers_of

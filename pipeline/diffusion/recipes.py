@@ -21,20 +21,20 @@ import numpy as np
 import torch
 
 from pipeline.diffusion.acr import acr
-from pipeline.diffusion.capture import (
-    add_noise,
-    capture_self_attention,
-    encode_images,
-    encode_prompt,
-    image_noise_seed,
-    resample_attention,
-    resize_grids,
-    sd_alphas_cumprod,
-    vae_factor,
-)
+from pipeline.diffusion.capture import capture_self_attention, resample_attention, resize_grids
 from pipeline.diffusion.config import StageAConfig
 from pipeline.diffusion.correlation import cluster_rows, layer_correlation
 from pipeline.diffusion.kl_assign import anchor_positions, default_anchor_stride, kl_assign
+from pipeline.diffusion.sd_input import (
+    add_noise,
+    encode_latents,
+    encode_prompt,
+    image_noise_seed,
+    sd_alphas_cumprod,
+    sd_pixels,
+    seeded_noise,
+    vae_factor,
+)
 from pipeline.diffusion.selected import LayerTap, capture_layers
 from pipeline.diffusion.transition import head_probabilities, sharpen_transition, top_k_rows
 from pipeline.grids import square_side
@@ -50,13 +50,15 @@ class StageAMaps:
     """`(image (H, W, 3) uint8, image id) -> {clusters, k, rows[, transition_*]}`, arrays of fixed shapes.
 
     `config` is resolved (pipeline.diffusion.plan: image_size and timestep set, layer paths checked).
-    clusters (g, g) uint8, k () int32, rows (max_k, g^2) float16 (zero after k), and with `transition`:
-    transition_values (t^2, k_t) float16, transition_index (t^2, k_t) int16, transition_kept () float32
-    (mean kept mass per row), transition_truncated () float32 (fraction of rows with more non-zeros than k_t).
+    clusters (g, g) uint8, k () int32, rows (max_k, g^2) float32 (zero after k), and with `transition`:
+    transition_values (t^2, k_t) in transition.store_dtype, transition_index (t^2, k_t) int16,
+    transition_kept () float32 (mean kept mass per row), transition_truncated () float32 (fraction of
+    rows with more non-zeros than k_t). `text` is the UNet's text embedding (default: the prompt's,
+    encoded once); :meth:`latents` takes given noise, :meth:`maps` a given noised latent.
     """
 
     def __init__(self, pipe: Any, config: StageAConfig, *, latent_size: int | None = None, transition: bool = True,
-                 unet: torch.nn.Module | None = None) -> None:
+                 unet: torch.nn.Module | None = None, text: torch.Tensor | None = None) -> None:
         if config.image_size is None or config.timestep is None:
             raise ValueError("StageAMaps needs a resolved config (pipeline.diffusion.plan): image_size and timestep set")
         self.pipe, self.unet = pipe, pipe.unet if unet is None else unet
@@ -69,23 +71,28 @@ class StageAMaps:
         self.cluster_grid = config.acr.cluster_grid or self.latent_size
         self.block_bytes = config.acr.block_mb << 20
         self.max_k = max_clusters(config)
-        self.text = encode_prompt(pipe, config.prompt)
+        self.text = encode_prompt(pipe, config.prompt) if text is None else text
         alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
         self.alphas_cumprod = sd_alphas_cumprod() if alphas is None else alphas
         self.threads = torch.get_num_threads()
 
-    def latents(self, image: np.ndarray, image_id: str) -> torch.Tensor:
-        """(1, C, l, l) latent of the image at the timestep (noised with its own seed when add_noise)."""
+    def latents(self, image: np.ndarray, image_id: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, C, l, l) latent of the image at the timestep; with add_noise, noised with `noise` or else
+        with noise drawn from the image's own seed (noise_seed, image id)."""
         f = self.config
-        latents = encode_images(self.pipe.vae, [image], f.image_size, antialias=f.resize == "antialias",
-                                truncate=f.resize == "diclip")
+        latents = encode_latents(self.pipe.vae, sd_pixels(image, f.image_size, f.resize))
         if f.add_noise:
-            latents = add_noise(latents, f.timestep, [image_noise_seed(f.noise_seed, image_id)], self.alphas_cumprod)
+            if noise is None:
+                noise = seeded_noise(latents.shape[1:], [image_noise_seed(f.noise_seed, image_id)])
+            latents = add_noise(latents, f.timestep, noise, self.alphas_cumprod)
         return latents
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray, image_id: str) -> dict[str, np.ndarray]:
-        latents = self.latents(image, image_id)
+        return self.maps(self.latents(image, image_id))
+
+    @torch.no_grad()
+    def maps(self, latents: torch.Tensor) -> dict[str, np.ndarray]:
+        """The stored arrays from one noised latent (1, C, l, l): one UNet pass and the recipe."""
         taps = [LayerTap(self.transition.layer, self.transition.heads)] if self.transition else []
         cfg = self.config
         if cfg.recipe == "diclip":
@@ -93,7 +100,8 @@ class StageAMaps:
             captured = capture_layers(self.unet, latents, self.text, cfg.timestep, [corr, *taps])
             c = captured[corr.path]
             a = layer_correlation(c.query[0], c.key[0], (square_side(c.tokens, 'attention tokens'),) * 2, self.grid, cfg.diclip.threshold)
-            ids, k = kl_assign(a, self.grid, anchor_stride=cfg.diclip.anchor_stride, rounds=cfg.diclip.rounds)
+            ids, k = kl_assign(a, self.grid, anchor_stride=cfg.diclip.anchor_stride, rounds=cfg.diclip.rounds,
+                               precision=cfg.diclip.kl_precision)
         else:
             captured = {}
             attention = capture_self_attention(
@@ -112,15 +120,15 @@ class StageAMaps:
 
     def _cluster_outputs(self, a: torch.Tensor, ids: torch.Tensor, k: int) -> dict[str, np.ndarray]:
         g = self.grid
-        rows = np.zeros((self.max_k, g * g), dtype=np.float16)
-        rows[:k] = cluster_rows(a.float(), ids, k).cpu().numpy().astype(np.float16)
+        rows = np.zeros((self.max_k, g * g), dtype=np.float32)  # R as computed: float16 would shift DiCLIP's CAMs
+        rows[:k] = cluster_rows(a.float(), ids, k).cpu().numpy()
         return {"clusters": ids.reshape(g, g).cpu().numpy().astype(np.uint8), "k": np.int32(k), "rows": rows}
 
     def _transition_outputs(self, c) -> dict[str, np.ndarray]:
         p = sharpen_transition(head_probabilities(c.query[0], c.key[0], c.scale), self.transition.sharpen)
         sparse = top_k_rows(p.cpu(), self.transition.topk)
         return {
-            "transition_values": sparse.values.numpy().astype(np.float16),
+            "transition_values": sparse.values.numpy().astype(self.transition.store_dtype),
             "transition_index": sparse.index.numpy().astype(np.int16),
             "transition_kept": np.float32(sparse.kept.mean()),
             "transition_truncated": np.float32(sparse.truncated.float().mean()),

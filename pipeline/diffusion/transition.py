@@ -16,9 +16,14 @@ import numpy as np
 import torch
 
 
+def head_softmax(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each head's softmax(q k^T * scale): (heads, n, d) queries and keys -> (heads, n, n) float32."""
+    return (query.float() @ key.float().transpose(-1, -2) * scale).softmax(-1)
+
+
 def head_probabilities(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
     """Mean over heads of softmax(q k^T * scale): (heads, n, d) queries and keys -> (n, n) float32."""
-    return (query.float() @ key.float().transpose(-1, -2) * scale).softmax(-1).mean(0)
+    return head_softmax(query, key, scale).mean(0)
 
 
 def sharpen_transition(p0: torch.Tensor, strength: float) -> torch.Tensor:

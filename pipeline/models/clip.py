@@ -54,6 +54,7 @@ from .hub import hf_hub_cache_dir, hub_offline, offline_remedy, unreachable_reas
 logger = logging.getLogger(__name__)
 
 from pipeline import atomic
+from pipeline.clip_input import IMAGENET_MEAN_255, IMAGENET_STD_255
 
 TINY_CONFIG_DIR = Path(__file__).resolve().parent / "tiny_configs" / "clip"
 #: the shipped tiny CLIP (checkpoint + manifest.json), wherever the package is and whatever the cwd
@@ -228,10 +229,6 @@ def weights_fingerprint(model_name: str, pretrained: str | None) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)  # ImageNet mean/std on the 0-255 scale (ExCEL's and DiCLIP's CLIP input)
-IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
 
 def input_normalisation(normalise: str, model_name: str, pretrained: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

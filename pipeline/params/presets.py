@@ -1,4 +1,6 @@
-"""Dataset presets: named sets of params overrides (presets/<name>.yaml) applied to params.yaml.
+"""Presets: named sets of params overrides (presets/<name>.yaml) applied to params.yaml: a dataset with
+its method (`voc`, `coco`: DiCLIP; `excel-voc`, `excel-coco`: ExCEL's path on the same data; `shapes`:
+the demo). A preset may start from another (`extends: voc`) and override some of its keys.
 
 Applying a preset edits params.yaml in place (comments and key order kept) so that the file stays
 the single source DVC tracks; the result is validated before it is written. Files are read with the
@@ -20,11 +22,27 @@ def list_presets() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
-def load_preset(name: str) -> dict[str, Any]:
+def load_preset(name: str, *, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The overrides of preset `name`, with those of the preset it extends underneath."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ParamsError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    return dict(top_level(parse_yaml(read_params_text(path), str(path)), str(path)))
+    if name in _seen:
+        raise ParamsError(f"{path}: presets extend each other in a circle ({' -> '.join((*_seen, name))})")
+    data = dict(top_level(parse_yaml(read_params_text(path), str(path)), str(path)))
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ParamsError(f"{path}: extends must name one preset, got {base!r}")
+    return _deep_merge(load_preset(base, _seen=(*_seen, name)), data)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
 
 
 def apply_preset(params_path: str | Path, name: str, *, root: str | None = None) -> dict[str, Any]:

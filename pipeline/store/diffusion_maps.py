@@ -5,8 +5,9 @@ first, then the eval split's images not already there; written by stage `diffusi
 ```
 clusters              (N, g, g) uint8          cluster id of every CLIP patch (ids < k)
 k                     (N,) int32               clusters of the image
-rows                  (N, max_k, g^2) float16  R's row for each cluster, zero after k: R[i] = rows[clusters[i]]
-transition_values     (N, t^2, k_t) float16    P's top-k_t entries per row, renormalised (only with transition.topk > 0)
+rows                  (N, max_k, g^2) float32  R's row for each cluster, zero after k: R[i] = rows[clusters[i]]
+transition_values     (N, t^2, k_t) float16    P's top-k_t entries per row, renormalised (only with transition.topk > 0;
+                                                float32 with transition.store_dtype float32)
 transition_index      (N, t^2, k_t) int16      their column ids on the t x t grid of the transition layer
 transition_kept       (N,) float32             mean over rows of the mass the kept entries held
 transition_truncated  (N,) float32             fraction of rows with more than k_t non-zeros

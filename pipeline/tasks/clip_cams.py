@@ -129,7 +129,7 @@ class ClipCams:
         return ImageCams(clip.model.visual, text, self.num_classes, self.config, self.normalisation, cache=cache)
 
 
-def load_cache(path: str, text, num_classes: int):
+def load_cache(path: str, text, num_classes: int, scores: str):
     """The static cache CAM (pipeline.tsa.retrieval.StaticCache) over the keys of a TSA cache file; the
     background's text is the mean of the background words' features (None without any)."""
     import torch
@@ -140,7 +140,7 @@ def load_cache(path: str, text, num_classes: int):
     with H5Reader(path) as reader:
         keys, key_class = reader.dataset("keys"), reader.dataset("key_class")
     background = text[num_classes:].mean(0) if len(text) > num_classes else None
-    return StaticCache(torch.from_numpy(keys), torch.from_numpy(key_class), text[:num_classes], background)
+    return StaticCache(torch.from_numpy(keys), torch.from_numpy(key_class), text[:num_classes], background, scores=scores)
 
 
 def load_adapter(path: str):
@@ -172,8 +172,8 @@ class CamTask:
         config = self.cams.config
         cache = None
         if config.cache_weight:
-            cache = load_adapter(self.adapter) if self.adapter else load_cache(self.cache, text, self.cams.num_classes) \
-                if self.cache else None
+            cache = load_adapter(self.adapter) if self.adapter else \
+                load_cache(self.cache, text, self.cams.num_classes, config.cache_scores) if self.cache else None
         fn = self.cams.image_cams(clip, text, cache=cache)
         index = DatasetIndex.load(self.index)
         images = index.images(self.splits)
@@ -206,7 +206,7 @@ class CamTask:
         from pipeline.store.image_store import ArraySpec
 
         side = self.grid(maps)
-        return [ArraySpec("cams", (self.cams.num_classes, side, side), "float16")]
+        return [ArraySpec("cams", (self.cams.num_classes, side, side), self.cams.config.store_dtype)]
 
     def files(self, folder: Path) -> list:
         """The pseudo-label PNG each image gives."""

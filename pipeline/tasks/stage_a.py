@@ -24,10 +24,10 @@ class MapsTask:
 
         g, p = self.plan.grid, self.plan
         specs = [ArraySpec("clusters", (g, g), "uint8"), ArraySpec("k", (), "int32"),
-                 ArraySpec("rows", (p.max_clusters, g * g), "float16")]
+                 ArraySpec("rows", (p.max_clusters, g * g), "float32")]
         if p.transition_k:
             t2 = p.transition_grid ** 2
-            specs += [ArraySpec("transition_values", (t2, p.transition_k), "float16"),
+            specs += [ArraySpec("transition_values", (t2, p.transition_k), p.config.transition.store_dtype),
                       ArraySpec("transition_index", (t2, p.transition_k), "int16"),
                       ArraySpec("transition_kept", (), "float32"), ArraySpec("transition_truncated", (), "float32")]
         return specs
@@ -38,8 +38,10 @@ class MapsTask:
         forward = {k: getattr(c, k) for k in ("image_size", "timestep", "resize", "add_noise", "noise_seed", "prompt")}
         return {"recipe": c.recipe, "model": self.model, "precision": self.precision, "weights": weights, **forward,
                 "latent_size": self.plan.latent_size, "grid": c.grid, "max_clusters": self.plan.max_clusters,
-                "correlation": {"layer": c.diclip.layer, "heads": list(c.diclip.heads)} if c.recipe == "diclip" else None,
+                "correlation": ({"layer": c.diclip.layer, "heads": list(c.diclip.heads), "kl_precision": c.diclip.kl_precision}
+                                if c.recipe == "diclip" else None),
                 "transition": ({"layer": c.transition.layer, "heads": list(c.transition.heads), "sharpen": c.transition.sharpen,
+                                "store_dtype": c.transition.store_dtype,
                                 "grid": self.plan.transition_grid, "k": self.plan.transition_k}
                                if self.plan.transition_k else None)}
 

@@ -37,7 +37,8 @@ from pipeline.data.shapes import CLASS_NAMES, Scene, ShapesConfig, render_scene,
 from pipeline.diffusion.acr import acr
 from pipeline.diffusion.config import AcrConfig
 from pipeline.diffusion.baselines import colour_kmeans
-from pipeline.diffusion.capture import ImageAttention, native_image_size
+from pipeline.diffusion.capture import ImageAttention
+from pipeline.diffusion.sd_input import native_image_size
 from pipeline.metrics import cluster_map_iou, upsample_labels
 from pipeline.models.diffusion import untrained_unet
 from pipeline.tiny.manifest import jsonable
