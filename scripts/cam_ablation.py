@@ -52,7 +52,29 @@ ROWS: list[tuple[str, dict]] = [
     ("+ static TSA cache (weight 0.5)", {"cache_weight": 0.5}),
     ("+ static TSA cache (weight 1.0)", {"cache_weight": 1.0}),
     ("+ PAR + static TSA cache (weight 0.5): the demo's params", {"par": True, "cache_weight": 0.5}),
+    ("  the same, cache CAM scored as before issue 23 (cosine: unit keys, no class-token weights)",
+     {"par": True, "cache_weight": 0.5, "cache_scores": "cosine"}),
+    ("  the same, labels straight from the CAM grid to the image (no 512 px step)",
+     {"par": True, "cache_weight": 0.5, "label_upsample": None}),
+    ("DiCLIP's training-free path as the voc preset sets it (its cache at 0.5, 512 px labels)", "@voc"),
+    ("ExCEL's training-free path as the excel-voc preset sets it (shapes attributes, 14 centres)", "@excel-voc"),
 ]
+
+# What a preset's `cams` section decides about the method; the keys it leaves out (input size,
+# normalisation, texts, attribute file) are the dataset's and the model's and stay the demo's.
+DATASET_KEYS = {"clip_size", "normalise", "template", "prompt_names_file", "background_words_file",
+                "attributes_file", "attribute_clusters", "eval_thresholds", "store_dtype"}
+
+
+def preset_row(name: str) -> dict:
+    """The `cams` keys preset `name` sets for the method, with the shapes attribute file where it
+    enriches with attributes."""
+    from pipeline.params.presets import load_preset
+
+    cams = {k: v for k, v in load_preset(name)["cams"].items() if k not in DATASET_KEYS}
+    if load_preset(name)["cams"].get("attributes_file"):
+        cams.update(attributes_file="pipeline/data/words/shapes_attributes.json", attribute_clusters=14)
+    return cams
 
 
 def untrained_clip(folder: Path, model: str) -> Path:
@@ -133,6 +155,7 @@ def main() -> None:
     chosen = [int(r) for r in args.rows.split(",")] if args.rows else range(len(ROWS))
     for n in chosen:
         name, overrides = ROWS[n]
+        overrides = preset_row(overrides[1:]) if isinstance(overrides, str) else overrides
         data = json.loads(json.dumps(base))
         data["cams"].update({"cache_weight": 0.0, "par": False,
                              **{k: v for k, v in overrides.items() if k != "__untrained__"}})

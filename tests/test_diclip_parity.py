@@ -297,7 +297,9 @@ def test_unet_and_vae_match_diclip(voc):
         close("l4_probs_h12", head_softmax(c.query[0], c.key[0], c.scale), ref["l4_probs_h12"], 2e-3)
         maps = StageAMaps(SimpleNamespace(unet=unet, vae=vae, scheduler=reference_scheduler()), cfg,
                           text=t(ref["text_embedding"]))
-        close("latents_noisy (stage A)", maps.latents(ref["image_u8"], image, noise=t(ref["noise"])), ref["latents_noisy"], 5e-6)
+        # from the uint8 image: the few SD-input values one truncation step off (test_sd_input_...) move
+        # the latent by about 1e-4 each; the exact chain from DiCLIP's own SD input is checked above
+        close("latents_noisy (stage A)", maps.latents(ref["image_u8"], image, noise=t(ref["noise"])), ref["latents_noisy"], 5e-3)
         out = maps.maps(t(ref["latents_noisy"]))
         agree = float((out["clusters"].reshape(-1) == ref["cluster_ids"]).mean())
         print(f"  stage A's clusters         {agree:.2%} of patches carry DiCLIP's id (chaotic: not gated)")
