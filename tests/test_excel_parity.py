@@ -29,7 +29,19 @@ def reference(name: str) -> Path:
     pytest.skip(f"{name} is not in {REF} or {', '.join(map(str, SHARED))} (set DICLIP_EXCEL_REFERENCE)")
 
 
-GRID, SURGERY_BLOCKS, BOX_THRESHOLD = 20, 5, 0.79
+GRID = 20
+
+
+def excel_preset():
+    """The `excel-voc` preset's CAM config: the settings this test runs ExCEL's path with come from it,
+    so the preset is what the comparison verifies."""
+    from pipeline.params import parse_params
+    from pipeline.params.presets import load_preset
+
+    return parse_params(load_preset("excel-voc"), "preset excel-voc").cams
+
+
+CFG = excel_preset()
 
 
 @pytest.fixture(scope="module")
@@ -73,29 +85,34 @@ def test_cam_path_matches_excel_stage_by_stage(model, image):
     mean, std = input_normalisation("imagenet", "ViT-B-16-quickgelu", None)  # ExCEL's CLIP input: ImageNet's
     x = normalise_then_resize(ref["image_u8"], 320, mean=mean, std=std)
     close("input", x, ref["input"], 1e-6)
+    from pipeline.cam.pseudo_labels import SURGERY_VARIANTS
+
+    blocks, weights = SURGERY_VARIANTS[CFG.surgery]
+    assert (CFG.clip_size, CFG.normalise, blocks, CFG.surgery_blocks) == (320, "imagenet", 5, None)
+    assert not (CFG.vce or CFG.rar or CFG.cache_weight) and CFG.refine and CFG.par and CFG.label_upsample is None
     with torch.no_grad():
-        out = surgery_forward(model.visual, torch.from_numpy(ref["input"]), surgery_blocks=SURGERY_BLOCKS,
-                              head_reduce="sum", similarity_weights=(1 / 3, 1 / 3, 1 / 3), return_attention=True)
+        out = surgery_forward(model.visual, torch.from_numpy(ref["input"]), surgery_blocks=blocks,
+                              head_reduce=CFG.head_reduce, similarity_weights=weights, return_attention=True)
     # ExCEL's tokens: the surgery stream with the original stream's class token, through ln_post + proj
     prenorm = torch.cat([out.image_embedding[:, None], out.tokens[:, 1:]], dim=1)
     close("image_tokens_prenorm", prenorm[0], ref["image_tokens_prenorm"], 1e-4)
     close("image_tokens", F.normalize(prenorm, dim=1)[0], ref["image_tokens"], 1e-5)
     # ExCEL returns head means for the plain blocks and head sums for the surgery blocks
     heads = model.visual.transformer.resblocks[0].attn.num_heads
-    maps = torch.stack([a[0] * (heads if b >= 12 - SURGERY_BLOCKS else 1) for b, a in enumerate(out.attention)])
+    maps = torch.stack([a[0] * (heads if b >= 12 - blocks else 1) for b, a in enumerate(out.attention)])
     close("attn_weights", maps, ref["attn_weights"], 5e-4)
     close("attn_mean_last6", maps[6:].mean(0)[1:, 1:], ref["attn_mean_last6"], 1e-4)
-    affinity = attention_affinity(maps[6:], rounds=3)
+    affinity = attention_affinity(maps[12 - CFG.affinity_blocks:], rounds=CFG.sinkhorn_rounds)
     close("trans_mat", affinity, ref["trans_mat"], 1e-6)
 
     present = torch.from_numpy(ref["cls_idx"])
     H, W = ref["image_u8"].shape[:2]
     for variant in ("attr", "noattr"):
         text = torch.from_numpy(ref["text_attr" if variant == "attr" else "text_integral"])
-        cams = text_cams(prenorm, text, token_norm="token", cls_from_tokens=True, minmax_with_cls=True, eps=0.0)
+        cams = text_cams(prenorm, text, token_norm=CFG.token_norm, cls_from_tokens=True, minmax_with_cls=True, eps=0.0)
         close(f"{variant}_cam_raw", cams[0, :20].T, ref[f"{variant}_cam_raw"], 5e-5)
         raw = cams[0, present]  # (K, 400)
-        masks = torch.from_numpy(np.stack([box_mask(c.reshape(GRID, GRID).numpy(), BOX_THRESHOLD, exclusive_end=True) for c in raw]))
+        masks = torch.from_numpy(np.stack([box_mask(c.reshape(GRID, GRID).numpy(), CFG.box_threshold, exclusive_end=CFG.exclusive_box_end) for c in raw]))
         assert np.array_equal(masks.numpy(), ref[f"{variant}_aff_mask"]), f"{variant}: box masks differ"
         refined = refine_cams(affinity, raw, masks.reshape(len(present), -1))
         close(f"{variant}_cam_refined", refined.reshape(-1, GRID, GRID), ref[f"{variant}_cam_refined"], 2e-6)
@@ -106,7 +123,7 @@ def test_cam_path_matches_excel_stage_by_stage(model, image):
         close(f"{variant}_cams_bg_full", full, ref[f"{variant}_cams_bg_full"], 1e-4)
         # PAR's guide: the normalised CLIP input brought back to the image size with align_corners=True
         guide = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=True)[0]
-        refined_full = par(guide, full, iterations=20)
+        refined_full = par(guide, full, iterations=CFG.par_iterations)
         off = np.abs(refined_full.numpy() - ref[f"{variant}_par_out"])
         # loose, as the README says: in flat regions the neighbour std is ~0 and ExCEL's own 1- vs 2-thread
         # runs differ by up to 0.12; elsewhere the outputs agree to ~1e-6

@@ -189,6 +189,7 @@ def test_shipped_clip_loads_from_any_working_directory(tmp_path, monkeypatch):
     verify_checkpoint(clip.model, SHIPPED / CHECKPOINT_NAME)
 
 
+@pytest.mark.slow  # 30 s; the training loop itself is in the default suite (test_short_training_...)
 def test_pretrain_clip_command_trains_and_evaluates(tmp_path):
     from stages.pretrain_clip import pretrain_clip_command
 
