@@ -10,7 +10,11 @@ mIoU with that choice; thresholds never see the train split. Baselines need no C
 a centred box (the middle half of the image, labelled with the image's first present class); and
 colour k-means (K = present classes + 1 clusters of the pixel colours, each cluster given its
 majority ground-truth label: an oracle upper bound of what colour clustering can label). The
-untrained-CLIP row runs the demo's params with seeded random weights of the same architecture.
+untrained-CLIP row runs the demo's params with seeded random weights of the same architecture. The
+oracle rows are upper bounds that read ground truth: stage A's store copied with R and / or P built from
+the masks at its grids (every patch's row spread evenly over the patches of its label), to show what
+VCE and RAR could give with a perfect diffusion model at the demo's geometry. The preset rows take the
+method keys of the `voc` and `excel-voc` presets' `cams` sections (the demo's model, input and texts).
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ ROWS: list[tuple[str, dict]] = [
     ("+ static TSA cache (weight 0.5)", {"cache_weight": 0.5}),
     ("+ static TSA cache (weight 1.0)", {"cache_weight": 1.0}),
     ("+ PAR + static TSA cache (weight 0.5): the demo's params", {"par": True, "cache_weight": 0.5}),
-    ("  the same, cache CAM scored as before issue 23 (cosine: unit keys, no class-token weights)",
-     {"par": True, "cache_weight": 0.5, "cache_scores": "cosine"}),
-    ("  the same, labels straight from the CAM grid to the image (no 512 px step)",
-     {"par": True, "cache_weight": 0.5, "label_upsample": None}),
+    ("  the same, with DiCLIP's cache CAM scores (raw keys, class-token weights, min-max without epsilon)",
+     {"par": True, "cache_weight": 0.5, "cache_scores": "diclip"}),
+    ("  the same, with DiCLIP's 512 x 512 step on the way to the image size",
+     {"par": True, "cache_weight": 0.5, "label_upsample": 512}),
+    ("+ VCE with an oracle R (an upper bound: R built from the masks)", {"vce": True, "__oracle__": "R"}),
+    ("+ RAR with an oracle P (an upper bound: P built from the masks)", {"rar": True, "__oracle__": "P"}),
+    ("+ VCE + RAR, oracle R and P (an upper bound)", {"vce": True, "rar": True, "__oracle__": "RP"}),
     ("DiCLIP's training-free path as the voc preset sets it (its cache at 0.5, 512 px labels)", "@voc"),
     ("ExCEL's training-free path as the excel-voc preset sets it (shapes attributes, 14 centres)", "@excel-voc"),
 ]
@@ -64,6 +71,46 @@ ROWS: list[tuple[str, dict]] = [
 # normalisation, texts, attribute file) are the dataset's and the model's and stay the demo's.
 DATASET_KEYS = {"clip_size", "normalise", "template", "prompt_names_file", "background_words_file",
                 "attributes_file", "attribute_clusters", "eval_thresholds", "store_dtype"}
+
+
+def oracle_store(out: Path, images, *, correlation: bool, transition: bool) -> Path:
+    """A copy of artifacts/diffusion.zarr whose R (`correlation`) and / or P (`transition`) are built from
+    the ground-truth masks at the store's grids (pipeline.diffusion.oracle), P stored whole (every
+    column of every row, float32) so that nothing is truncated. Only this script reads masks into a
+    stage A store; the `cams` stage reads it like any other."""
+    from pipeline.diffusion.oracle import oracle_clusters, oracle_transition
+    from pipeline.store.diffusion_maps import DiffusionMaps
+    from pipeline.store.image_store import ArraySpec, ImageStore
+
+    real = DiffusionMaps.open("artifacts/diffusion.zarr")
+    g, t = real.grid, real.transition_grid
+    specs = {s.name: s for s in real.store.specs}
+    max_k = specs["rows"].shape[0]
+    specs["transition_values"] = ArraySpec("transition_values", (t * t, t * t), "float32")
+    specs["transition_index"] = ArraySpec("transition_index", (t * t, t * t), "int16")
+    attrs = dict(real.attrs)
+    attrs["transition"] = {**attrs["transition"], "k": t * t}
+    attrs["oracle"] = {"correlation": correlation, "transition": transition}
+    path = out / "diffusion_oracle.zarr"
+    store = ImageStore.create_or_resume(path, ids=real.ids, specs=list(specs.values()), shard_images=256,
+                                        key=f"oracle-{correlation}-{transition}-{real.store.fingerprint}", attrs=attrs)
+    columns = np.broadcast_to(np.arange(t * t, dtype=np.int16), (t * t, t * t))
+    for i, image_id in enumerate(real.ids):
+        values = {n: real.store.read(n, i) for n in specs if n not in ("transition_values", "transition_index")}
+        mask = images.load_mask(image_id)
+        if correlation:
+            clusters, rows = oracle_clusters(mask, g)
+            assert len(rows) <= max_k, f"{image_id}: {len(rows)} labels at the grid, the store holds {max_k} rows"
+            values.update(clusters=clusters, k=np.int32(len(rows)),
+                          rows=np.pad(rows, ((0, max_k - len(rows)), (0, 0))))
+        dense = oracle_transition(mask, t) if transition else real.transition(image_id)
+        values.update(transition_values=dense.astype(np.float32), transition_index=columns,
+                      transition_kept=np.float32(1.0), transition_truncated=np.float32(0.0))
+        store.stage_image(i, values, bytes(32))
+    for block in store.blocks():
+        store.pack_block(block)
+    store.mark_complete()
+    return path
 
 
 def preset_row(name: str) -> dict:
@@ -102,7 +149,7 @@ def miou(index, images, split, labels_of) -> float:
     return scores(conf, names)["miou"]
 
 
-def run_cams(params: dict, out: Path) -> ImageStore:
+def run_cams(params: dict, out: Path, diffusion: Path = Path("artifacts/diffusion.zarr")) -> ImageStore:
     """The `cams` stage's own command with `params` (validated first), into `out`."""
     import subprocess
 
@@ -113,7 +160,7 @@ def run_cams(params: dict, out: Path) -> ImageStore:
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "stages.cli", "-q", "cams", "--params", str(out / "params.yaml"),
                     "--cams", str(out / "cams.zarr"), "--pseudo-labels", str(out / "pseudo_labels"),
-                    "--tsa-cache", "artifacts/tsa_cache.h5"], check=True)
+                    "--tsa-cache", "artifacts/tsa_cache.h5", "--diffusion", str(diffusion)], check=True)
     return ImageStore.open(out / "cams.zarr", stage="cams")
 
 
@@ -158,11 +205,15 @@ def main() -> None:
         overrides = preset_row(overrides[1:]) if isinstance(overrides, str) else overrides
         data = json.loads(json.dumps(base))
         data["cams"].update({"cache_weight": 0.0, "par": False,
-                             **{k: v for k, v in overrides.items() if k != "__untrained__"}})
+                             **{k: v for k, v in overrides.items() if not k.startswith("__")}})
         if overrides.get("__untrained__"):
             data["models"]["clip"]["pretrained"] = str(untrained_clip(args.out, data["models"]["clip"]["model"]))
         data["runner"]["in_process"] = False
-        store = run_cams(data, args.out / f"row{n}")
+        diffusion = Path("artifacts/diffusion.zarr")
+        if "__oracle__" in overrides:
+            diffusion = oracle_store(args.out / f"row{n}", images, correlation="R" in overrides["__oracle__"],
+                                     transition="P" in overrides["__oracle__"])
+        store = run_cams(data, args.out / f"row{n}", diffusion)
         rows = {i: k for k, i in enumerate(store.ids())}
 
         rule = LabelRule.from_attrs(store.attrs["label_rule"])  # the stage's own rule (PAR, ignore band)

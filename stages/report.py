@@ -31,15 +31,17 @@ SPEC = StageSpec(
 
 def body(ctx: StageContext) -> dict:
     from pipeline import atomic
-    from pipeline.report.figures import curves, iou_bars, sample_grid
+    from pipeline.report.figures import ROW_COLUMNS, curves, iou_bars, sample_grid
     from pipeline.report.page import markdown_table, page
     from pipeline.tasks.clip_cams import ClipCams
-    from pipeline.tasks.report import sample_rows
+    from pipeline.tasks.report import attention_rows, sample_rows
 
     index = ctx.index()
     split = index.meta["eval_split"]
+    sample_ids = index.ids(split)[:ctx.params.report.images]
+    patch_rows = attention_rows(index, sample_ids, ctx.path(artifacts.DIFFUSION))
     text_only = ClipCams.from_params(ctx.params, index.class_names, vce=False, refine=False, rar=False, par=False)
-    rows = sample_rows(index, index.ids(split)[:ctx.params.report.images], text_only, ctx.path(artifacts.CAMS),
+    rows = sample_rows(index, sample_ids, text_only, ctx.path(artifacts.CAMS),
                        ctx.path(artifacts.DIFFUSION), ctx.path(artifacts.PSEUDO_LABELS),
                        artifacts.submission_folder(ctx.path(artifacts.PREDICTIONS), split))
     seg = json.loads(ctx.path(artifacts.SEG_DETAIL).read_text())
@@ -49,6 +51,7 @@ def body(ctx: StageContext) -> dict:
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         sample_grid(rows, tmp / "samples.png")
+        sample_grid(patch_rows, tmp / "rows.png", ROW_COLUMNS)
         iou_bars(seg, tmp / "iou.png")
         curves(ctx.path(artifacts.TRAIN_LIVE), tmp / "curves.png")
         shutil.copyfile(ctx.path(artifacts.TSA_PICTURE), tmp / "tsa_cache.png")

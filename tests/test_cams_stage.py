@@ -345,3 +345,22 @@ def test_batched_groups_are_fixed_by_position_and_reproduce_the_store(world, fin
     ref = ImageStore.open(out / "cams.zarr")
     np.testing.assert_array_equal(a.read("cams"), b.read("cams"))  # same groups -> same bits on 1 or 2 workers
     np.testing.assert_allclose(a.read("cams").astype(np.float32), ref.read("cams").astype(np.float32), atol=2e-3)
+
+
+def test_the_cams_stage_never_reads_a_mask(world, finished, tmp_path):
+    """The masks are the ablation's oracle rows' and the metric's only: with every mask file gone, the
+    stage (VCE and RAR on, stage A's R and P) writes the same CAMs and labels."""
+    masks = world["root"] / "shapes" / "SegmentationClass"
+    hidden = world["root"] / "shapes" / "masks_hidden"
+    masks.rename(hidden)
+    try:
+        _, summary = run(world, tmp_path, bg_threshold=0.6)
+    finally:
+        hidden.rename(masks)
+    from pipeline.store.image_store import ImageStore
+
+    ref, _ = finished
+    assert summary.computed == N_TRAIN + N_VAL
+    np.testing.assert_array_equal(ImageStore.open(tmp_path / "cams.zarr").read("cams"), ImageStore.open(ref / "cams.zarr").read("cams"))
+    for image_id in ImageStore.open(ref / "cams.zarr").ids():
+        assert (tmp_path / "pseudo_labels" / f"{image_id}.png").read_bytes() == (ref / "pseudo_labels" / f"{image_id}.png").read_bytes()

@@ -291,7 +291,7 @@ def test_the_report_renders_in_headless_chromium(report, evaluated):
         ablation_rows = page.evaluate("document.querySelectorAll('table')[1].rows.length")
         page.screenshot(path=str(report.parent / "report_screenshot.png"), full_page=True)
         browser.close()
-    assert dict(loaded) == {"samples": True, "iou": True, "curves": True, "tsa": True}
+    assert dict(loaded) == {"samples": True, "rows": True, "iou": True, "curves": True, "tsa": True}
     assert f"{metric['miou']:.3f}" in headline and "segmenter" in headline
     assert ablation_rows > 10  # the CAM ablation table from docs/cam_ablation.md
     from PIL import Image

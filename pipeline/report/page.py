@@ -32,6 +32,11 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
 <tr><td>pseudo-labels</td><td>{cams_metric['miou']:.3f}</td><td>{cams_metric['pixel_accuracy']:.3f}</td><td>{html.escape(cams_metric['split'])}</td></tr>
 <tr><td>segmenter</td><td>{s['miou']:.3f}</td><td>{s['pixel_accuracy']:.3f}</td><td>{html.escape(split)}</td></tr></table>
 <h2>Samples</h2><img id="samples" src="samples.png" alt="image, ground truth, CAMs, clusters, pseudo-label, prediction">
+<p>Stage A clusters: each cluster's colour over the image at its size, outlined in white.</p>
+<h2>Stage A: one object patch's row of R and P</h2><p>The largest object's most central patch (white square):
+its row of stage A's R (CLIP grid) and P (the transition grid) over the image, beside the oracle's rows,
+which spread the patch's mass evenly over its own label in the ground truth. VCE and RAR can only help
+where the real rows stay on the object.</p><img id="rows" src="rows.png" alt="rows of R and P, stage A beside the oracle">
 <h2>Per-class IoU</h2><img id="iou" src="iou.png" alt="per-class IoU bars">
 <h2>Training</h2><img id="curves" src="curves.png" alt="training curves">
 <h2>TSA cache samples</h2><img id="tsa" src="tsa_cache.png" alt="generated images above their masks">

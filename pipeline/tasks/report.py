@@ -1,6 +1,8 @@
 """The report's sample rows, read from the stores: per image of a fixed sample, the image, its truth,
 the plain text CAM (remade here), the stored final CAM, stage A's clusters, the pseudo-label and the
-segmenter's prediction, as pictures (pipeline.report.figures)."""
+segmenter's prediction; and one object patch's row of stage A's R and P beside the oracle's, built from
+the mask (the report is an evaluation: it may read masks; the `cams` stage never does). As pictures
+(pipeline.report.figures)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ def sample_rows(index: Any, ids: list[str], cams: Any, cams_store: Path, diffusi
     PAR off: the text CAM before the diffusion half and the cache's fusion point's refinements."""
     import numpy as np
 
-    from pipeline.report.figures import heat, palette
+    from pipeline.report.figures import cluster_outlines, heat, palette
     from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.image_store import FileSpec, ImageStore
 
@@ -34,6 +36,37 @@ def sample_rows(index: Any, ids: list[str], cams: Any, cams_store: Path, diffusi
         clusters, _ = maps.clusters(image_id)
         rows.append({"id": image_id, "image": image, "ground truth": palette(images.load_mask(image_id)),
                      "text CAM": heat(res["cams"], size), "final CAM": heat(store.read("cams", rows_of[image_id]), size),
-                     "stage A clusters": palette(np.asarray(clusters) % 21 + 1),
+                     "stage A clusters": cluster_outlines(image, clusters),
                      "pseudo-label": palette(pseudo.read(image_id)), "prediction": palette(pred.read(image_id))})
+    return rows
+
+
+def attention_rows(index: Any, ids: list[str], diffusion: Path) -> list[dict]:
+    """Per image with an object: the image, then one object patch's row of R (the CLIP grid) and of P
+    (the transition grid) from stage A's store beside the same rows of the oracle built from the mask
+    (pipeline.diffusion.oracle), over the image. The patch is the largest object's most central one."""
+    from pipeline.diffusion.oracle import labels_at_grid, object_patch, oracle_transition, segment_rows
+    from pipeline.report.figures import row_heat
+    from pipeline.store.diffusion_maps import DiffusionMaps
+
+    split = index.meta["eval_split"]
+    images = index.images([split])
+    maps = DiffusionMaps.open(diffusion)
+    g, t = maps.grid, maps.transition_grid
+    rows = []
+    for image_id in ids:
+        image, mask = images.load_image(image_id), images.load_mask(image_id)
+        patch = object_patch(mask, g)
+        if patch is None:
+            continue
+        r, r_oracle = maps.correlation(image_id)[patch], segment_rows(labels_at_grid(mask, g))[patch]
+        row = {"id": image_id, "image": image, "R row (stage A)": row_heat(r, image, patch, g),
+               "R row (oracle)": row_heat(r_oracle, image, patch, g)}
+        if t:
+            tp = object_patch(mask, t)
+            row["P row (stage A)"] = row_heat(maps.transition(image_id)[tp], image, tp, t)
+            row["P row (oracle)"] = row_heat(oracle_transition(mask, t)[tp], image, tp, t)
+        else:
+            row["P row (stage A)"] = row["P row (oracle)"] = image
+        rows.append(row)
     return rows
