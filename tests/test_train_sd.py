@@ -76,6 +76,7 @@ def _fixed_unet_loss(pipe, mean, labels) -> float:
     return float((pred - noise).pow(2).mean())
 
 
+@pytest.mark.slow  # 30 s: the default suite keeps the fp16 directory test; CI runs this one in its slow step
 @pytest.mark.timeout(120)
 def test_training_is_deterministic_and_learns(tok_dir):
     config = SDPretrainConfig(**{**TINY_RUN, "vae_steps": 16, "unet_steps": 16, "vae_lr": 2e-3, "unet_lr": 2e-3,
