@@ -113,6 +113,24 @@ def oracle_store(out: Path, images, *, correlation: bool, transition: bool) -> P
     return path
 
 
+def with_overrides(params: dict, overrides: list[str]) -> dict:
+    """`params` with each dotted KEY=VALUE set (the value parsed as YAML), validated as a whole."""
+    import yaml
+
+    out = json.loads(json.dumps(params))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. cams.clip_size=128")
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    parse_params(out, "params.yaml with --set")
+    return out
+
+
 def preset_row(name: str) -> dict:
     """The `cams` keys preset `name` sets for the method, with the shapes attribute file where it
     enriches with attributes."""
@@ -168,8 +186,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/cam_ablation"))
     ap.add_argument("--rows", default=None, help="comma list of row numbers (default: all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key for every row, dotted, value as YAML (e.g. cams.clip_size=128); "
+                         "as `dvc exp run -S` does; repeatable")
     args = ap.parse_args()
-    base = to_plain(load_params("params.yaml"))
+    base = with_overrides(to_plain(load_params("params.yaml")), args.set)
     index = DatasetIndex.load("artifacts/index")
     train, tune = index.meta["train_split"], index.meta["eval_split"]
     images = index.images([train, tune])
