@@ -138,7 +138,8 @@ def _maps(s: Setup):
             c = captured[corr.path]
             side = square_side(c.tokens, "attention tokens")
             a = layer_correlation(c.query[0], c.key[0], (side, side), g, s.diclip.threshold)
-            ids, k = kl_assign(a, g, anchor_stride=s.diclip.anchor_stride, rounds=s.diclip.rounds)
+            ids, k = kl_assign(a, g, anchor_stride=s.diclip.anchor_stride, rounds=s.diclip.rounds,
+                               precision=s.diclip.kl_precision)
         else:
             captured, G = {}, s.cluster_grid
             attention = capture_self_attention(s.unet, s.latents, s.text, TIMESTEP, grid=G, noise_seed=None,

@@ -90,7 +90,8 @@ def main() -> None:
             values = []
             for mask, scores in captured:
                 ids_, _ = kl_assign(head_product(scores[path][list(hs)]), g, anchor_stride=cfg.diclip.anchor_stride,
-                                    rounds=cfg.diclip.rounds)
+                                    rounds=cfg.diclip.rounds,
+                                    precision=cfg.diclip.kl_precision)
                 values.append(cluster_map_iou(ids_.reshape(g, g).numpy(), mask))
             return float(np.nanmean(values))
 
