@@ -55,7 +55,7 @@ def test_kl_assignment_recovers_planted_groups_exactly_and_drops_empty_anchors()
     # which wins every patch; the group's other anchors win nothing and drop out
     a, labels = planted(16, 0)
     a = torch.from_numpy(planted_attention(labels, seed=0, jitter=0.0)).float()
-    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5, precision="float16")
     assert len(anchor_positions(16, default_anchor_stride(16))) == 16
     assert k == len(np.unique(labels)) == 5
     assert same_partition(ids.reshape(16, 16).numpy(), labels)
@@ -67,7 +67,7 @@ def test_kl_assignment_on_jittered_groups_never_mixes_groups(seed):
     # no merging step (DiCLIP): a group holding several anchors may stay split, but no cluster
     # straddles two planted groups and every group is covered
     a, labels = planted(16, seed)
-    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5, precision="float16")
     flat = labels.ravel()
     ids = ids.numpy()
     assert 5 <= k <= 16
@@ -80,23 +80,23 @@ def test_kl_assignment_reads_columns_not_rows():
     rng = np.random.default_rng(1)
     col_profiles = rng.dirichlet(np.ones(64) * 0.3, size=4)  # each group's columns share one profile over queries
     a = torch.from_numpy(col_profiles[labels].T.copy()).float()  # column j = profile of j's group
-    ids, k = kl_assign(a, 8, anchor_stride=2, rounds=5)
+    ids, k = kl_assign(a, 8, anchor_stride=2, rounds=5, precision="float16")
     assert k == 4 and same_partition(ids.numpy(), labels)
-    ids_t, _ = kl_assign(a.T.contiguous(), 8, anchor_stride=2, rounds=5)  # the transpose puts the groups in the rows
+    ids_t, _ = kl_assign(a.T.contiguous(), 8, anchor_stride=2, rounds=5, precision="float16")  # the transpose puts the groups in the rows
     assert not same_partition(ids_t.numpy(), labels)  # ...which the descriptors (columns) no longer show
 
 
 def test_kl_assignment_validates_shapes_and_rounds():
     with pytest.raises(ValueError, match=r"A must be \(64, 64\) for grid 8"):
-        kl_assign(torch.ones(60, 60), 8, anchor_stride=None, rounds=5)
+        kl_assign(torch.ones(60, 60), 8, anchor_stride=None, rounds=5, precision="float16")
     with pytest.raises(ValueError, match="rounds must be >= 1"):
-        kl_assign(torch.ones(64, 64), 8, anchor_stride=None, rounds=0)
+        kl_assign(torch.ones(64, 64), 8, anchor_stride=None, rounds=0, precision="float16")
 
 
 # ------------------------------------------------------------------------------ refinement R
 def test_refinement_is_row_stochastic_constant_within_clusters_and_idempotent():
     a, labels = planted(16, 3)
-    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5)
+    ids, k = kl_assign(a, 16, anchor_stride=None, rounds=5, precision="float16")
     r = refine(a, ids)
     torch.testing.assert_close(r.sum(-1), torch.ones(256), atol=1e-5, rtol=0)
     same = ids[:, None] == ids[None, :]
@@ -136,13 +136,13 @@ def test_heads_are_multiplied_in_order_and_tokens_resampled_bilinearly():
 # ------------------------------------------------------------------------------ R at other grids
 def test_resampled_correlation_rows_sum_to_one_and_flip_mirrors():
     a, _ = planted(8, 0)
-    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5)[0])
+    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5, precision="float16")[0])
     r[5] = 0  # a row DiCLIP's threshold emptied
     # at the stored grid R comes back as stored (no renormalising: the empty row stays empty), mirrored exactly
     assert resample_correlation(r, 8, 8) is r
     perm = torch.arange(64).reshape(8, 8).flip(-1).reshape(-1)
     assert torch.equal(resample_correlation(r, 8, 8, flip=True), r[perm][:, perm])
-    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5)[0])
+    r = refine(a, kl_assign(a, 8, anchor_stride=None, rounds=5, precision="float16")[0])
     for size in (5, 12, 16):
         big = resample_correlation(r, 8, size)
         assert big.shape == (size * size, size * size) and (big >= 0).all()

@@ -83,7 +83,7 @@ def descriptors(a: torch.Tensor) -> torch.Tensor:
 
 
 def kl_rounds(a: torch.Tensor, grid: int, *, anchor_stride: int | None, rounds: int,
-              precision: str = "float16") -> Iterator[KlRound]:
+              precision: str) -> Iterator[KlRound]:
     """The assignment rounds of A (g^2, g^2), one KlRound each; anchors move to their members' means
     (float32, ascending anchor order; anchors that win nothing drop out) between rounds."""
     n = grid * grid
@@ -105,7 +105,7 @@ def kl_rounds(a: torch.Tensor, grid: int, *, anchor_stride: int | None, rounds: 
 
 
 def kl_assign(a: torch.Tensor, grid: int, *, anchor_stride: int | None, rounds: int,
-              precision: str = "float16") -> tuple[torch.Tensor, int]:
+              precision: str) -> tuple[torch.Tensor, int]:
     """Cluster the g^2 patches of A (g^2, g^2): (ids (g^2,) int64 numbered 0..K-1 in anchor order, K)."""
     for last in kl_rounds(a, grid, anchor_stride=anchor_stride, rounds=rounds, precision=precision):
         pass
