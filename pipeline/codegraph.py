@@ -27,7 +27,7 @@ PACKAGES = ("pipeline", "stages")  # the top-level packages that belong to this 
 #: modules that move bytes or schedule work without deciding results: walked through, never in a key
 PLUMBING = ("pipeline", "pipeline.runner", "pipeline.skeleton", "pipeline.store", "pipeline.provenance",
             "pipeline.codegraph", "pipeline.atomic", "pipeline.errors", "pipeline.artifacts", "pipeline.command",
-            "pipeline.dvcfile", "stages", "stages.cli")
+            "pipeline.dvcfile", "pipeline.interrupt", "stages", "stages.cli")
 #: the params schema: declarations whose resolved values enter a key as params, not as code
 SCHEMA = ("pipeline.params",)
 

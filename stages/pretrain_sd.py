@@ -14,36 +14,15 @@ from pathlib import Path
 
 import click
 
+from pipeline.tiny.options import pretrain_sd_options
+
+
 @click.command("pretrain-sd")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              show_default="pipeline/models/weights/diclip-tiny-sd of the installed package",
-              help="Pipeline directory to write (save_pretrained layout + manifest.json); replaced if it is one.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and noise.")
-@click.option("--vae-steps", type=int, default=None, help="VAE steps (default: SDPretrainConfig.vae_steps).")
-@click.option("--unet-steps", type=int, default=None, help="UNet + text encoder steps (default: SDPretrainConfig.unet_steps).")
-@click.option("--minutes", type=float, default=None,
-              help="Total training budget instead of steps: split VAE/UNet by --vae-share, turned into step "
-                   "counts after timing the first steps (recorded in the manifest; pass them as --*-steps to reproduce).")
-@click.option("--vae-share", type=float, default=0.2, show_default=True, help="Share of --minutes given to the VAE.")
-@click.option("--scenes", type=int, default=None, help="Multi-object training scenes (default: SDPretrainConfig.n_scenes).")
-@click.option("--single-scenes", type=int, default=None,
-              help="Single-object training scenes (default: SDPretrainConfig.n_single_scenes).")
-@click.option("--tiny-config", "tiny_config", default=None,
-              help="Component sizes: a config name from pipeline/models/tiny_configs/sd (default: SDPretrainConfig.tiny_config).")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
-@click.option("--eval-only", "eval_only", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Skip training: evaluate this pipeline directory and update its manifest's metrics.")
-@click.option("--eval/--no-eval", "do_eval", default=True, show_default=True, help="Evaluate after training.")
-@click.option("--eval-scenes", type=int, default=100, show_default=True, help="Held-out scenes for the attention metric.")
-@click.option("--samples-per-class", type=int, default=16, show_default=True, help="Samples per class for the CLIP metric.")
-@click.option("--clip-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              show_default="pipeline/models/weights/diclip-tiny-clip of the installed package",
-              help="Shipped tiny CLIP (manifest.json + checkpoint) that classifies the samples.")
-@click.option("--clip-wait", type=float, default=0.0, show_default=True,
-              help="Minutes to wait for --clip-dir to appear before skipping the sample metric.")
+@pretrain_sd_options
 def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minutes, vae_share: float, scenes, single_scenes,
-                        tiny_config, threads: int, eval_only, do_eval: bool, eval_scenes: int, samples_per_class: int,
-                        clip_dir: Path | None, clip_wait: float) -> None:
+                        tiny_config, threads: int, checkpoints: Path | None, checkpoint_every: int, eval_only,
+                        do_eval: bool, eval_scenes: int, samples_per_class: int, clip_dir: Path | None,
+                        clip_wait: float) -> None:
     """Train the tiny Stable Diffusion on shapes-world scenes and write a diffusers pipeline directory.
 
     The VAE is trained first (L1 + L2 + small KL on random crops), its latent scaling factor set to
@@ -58,13 +37,16 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
     untrained UNet and colour k-means baselines), (b) zero-shot tiny-CLIP accuracy of
     "a photo of a {class}." samples (when the tiny CLIP is shipped). Everything lands in
     OUT/manifest.json with the command, seed, steps, wall times, data fingerprint and library versions.
+
+    Training checkpoints every --checkpoint-every steps into --checkpoints: a run that was killed,
+    or stopped with Ctrl-C, continues from its newest checkpoint when the same command is run again.
     """
     import torch
 
     from pipeline.models import TINY_CLIP_DIR, TINY_SD_DIR
     from pipeline.tiny.eval_sd import evaluate_shipped
     from pipeline.tiny.manifest import manifest_path, read_manifest, write_manifest
-    from pipeline.tiny.train_sd import SDPretrainConfig, reproduce_command, train_sd
+    from pipeline.tiny.train_sd import SDPretrainConfig, TrainingInterrupted, reproduce_command, train_sd
 
     given_out, out = out, TINY_SD_DIR if out is None else out
     clip_dir = TINY_CLIP_DIR if clip_dir is None else clip_dir
@@ -97,7 +79,11 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
         config = dataclasses.replace(SDPretrainConfig(), **overrides)
     except ValueError as err:  # SDPretrainConfig validates every value (the config name included) up front
         raise click.UsageError(str(err)) from None
-    record = train_sd(config, out, progress=True)
+    checkpoints = out.with_name(out.name + ".checkpoints") if checkpoints is None else checkpoints
+    try:
+        record = train_sd(config, out, progress=True, checkpoints=checkpoints, checkpoint_every=checkpoint_every)
+    except TrainingInterrupted as err:
+        raise click.ClickException(str(err)) from None
     record["command"] = _command_line()
     record["reproduce"] = reproduce_command(record, config, out=given_out, scenes=scenes, single_scenes=single_scenes)
     record["torch_threads"] = threads

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,8 @@ from pipeline.models import TINY_SD_DIR, build_tiny_stable_diffusion, load_stabl
 from pipeline.tiny import eval_sd, train_sd
 from pipeline.tiny.train_sd import SDPretrainConfig
 
-SHIPPED = Path(__file__).resolve().parents[1] / "pipeline" / "models" / "weights" / "diclip-tiny-sd"
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "pipeline" / "models" / "weights" / "diclip-tiny-sd"
 TINY_RUN = dict(n_scenes=6, n_single_scenes=2, vae_steps=6, vae_batch=4, vae_crop=32, vae_warmup=2,
                 vae_full_steps=2, vae_full_batch=2,
                 unet_steps=6, unet_batch=8, unet_warmup=2, time_probe_steps=2, log_every=3, encode_batch=8)
@@ -124,6 +129,44 @@ def test_train_sd_writes_a_loadable_fp16_directory(tmp_path, monkeypatch):
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="refusing"):
         train_sd.train_sd(SDPretrainConfig(**TINY_RUN), tmp_path / "other", progress=False)
+
+
+_KILLED_RUN = """
+import json, sys
+import torch
+from pipeline.tiny.train_sd import SDPretrainConfig, train_sd
+torch.set_num_threads(1)  # as the tests (and pretrain-sd's --threads default): the same sums
+train_sd(SDPretrainConfig(**json.loads(sys.argv[1])), sys.argv[2], progress=False, checkpoints=sys.argv[3],
+         checkpoint_every=2)
+"""
+
+
+@pytest.mark.slow  # 50 s: three tiny trainings and a killed subprocess; CI runs it in its slow step
+@pytest.mark.timeout(300)
+def test_a_killed_pretraining_resumes_from_its_checkpoint_and_writes_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    whole = train_sd.train_sd(SDPretrainConfig(**TINY_RUN), tmp_path / "whole", progress=False)
+    assert whole["resumed_from"] is None
+    # SIGKILL after 9 steps: the VAE's 6 and 3 of the UNet's; checkpoints every 2 steps
+    out, ckpt = tmp_path / "resumed", tmp_path / "ckpt"
+    env = {**os.environ, "DICLIP_KILL_AFTER_STEPS": "9", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, json.dumps(TINY_RUN), str(out), str(ckpt)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_000000006.pt", "step_000000008.pt"]
+    # a different run (another seed) does not take this run's checkpoint
+    other = train_sd.train_sd(SDPretrainConfig(**{**TINY_RUN, "seed": 1}), tmp_path / "other", progress=False,
+                              checkpoints=tmp_path / "ckpt_copy", checkpoint_every=2)
+    assert other["resumed_from"] is None
+    resumed = train_sd.train_sd(SDPretrainConfig(**TINY_RUN), out, progress=False, checkpoints=ckpt, checkpoint_every=2)
+    assert resumed["resumed_from"] == {"phase": "unet", "step": 2}
+    assert not ckpt.exists()  # removed once the pipeline directory is written
+    for part in ("vae", "unet", "text_encoder"):
+        name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        assert (out / part / name).read_bytes() == (tmp_path / "whole" / part / name).read_bytes(), part
+    assert [h["loss"] for h in resumed["unet"]["history"]] == [h["loss"] for h in whole["unet"]["history"]]
+    assert resumed["vae"]["scaling_factor"] == whole["vae"]["scaling_factor"]
 
 
 # --- the shipped model ----------------------------------------------------------------------------

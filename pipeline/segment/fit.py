@@ -7,30 +7,12 @@ the same under a test, a stage and torchrun (only the writing rank checkpoints).
 
 from __future__ import annotations
 
-import os
-import signal
 from typing import Callable
 
 from pipeline.errors import UserError
+from pipeline.interrupt import Interrupt, kill_after_steps, kill_now
 from pipeline.segment.config import TrainConfig
 from pipeline.segment.training import Sample, SegmenterTrainer
-
-KILL_AFTER_STEPS_ENV = "DICLIP_KILL_AFTER_STEPS"  # tests: SIGKILL this process after that many steps
-
-
-class Interrupt:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the end of the step and stops."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-        self._old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _set(self, signum, _frame) -> None:
-        self.raised = signum
-
-    def restore(self) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
 
 
 def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history: list[dict], *,
@@ -40,7 +22,7 @@ def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history:
     from tqdm import tqdm
 
     interrupt = Interrupt()
-    kill_after = int(os.environ.get(KILL_AFTER_STEPS_ENV, 0))
+    kill_after = kill_after_steps()
     bar = tqdm(total=config.iterations, initial=trainer.step, desc="train", unit="step", disable=not writer,
                mininterval=2.0)
     try:
@@ -60,7 +42,7 @@ def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history:
                 raise UserError(f"train: interrupted by signal {interrupt.raised} at step {step}; checkpoint kept, "
                                 "rerun to resume")
             if kill_after and step >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+                kill_now()
     finally:
         bar.close()
         interrupt.restore()

@@ -51,3 +51,10 @@ class CheckpointStore:
             if saved.get("key") == self.key:
                 return int(saved["step"]), saved["state"]
         return None
+
+    def clear(self) -> None:
+        """Remove this folder's checkpoint files (any key), then the folder if nothing else is in it."""
+        for step in self.steps():
+            (self.folder / f"step_{step:09d}.pt").unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()

@@ -45,7 +45,9 @@ import torch
 
 from pipeline import atomic
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
+from pipeline.interrupt import Interrupt, kill_after_steps, kill_now
 from pipeline.models.diffusion import DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_tiny_sd_config
+from pipeline.store.checkpoints import CheckpointStore
 from pipeline.tiny.manifest import library_versions, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -190,28 +192,77 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _run_steps(
     step_fn: Callable[[int, int], dict[str, float]], *, steps: int, minutes: float | None,
-    probe: int, log_every: int, name: str,
+    probe: int, log_every: int, name: str, resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None, every: int = 0,
 ) -> dict[str, Any]:
-    """Run ``step_fn(step, total)`` ``steps`` times, or as many as fit in ``minutes`` (timed on ``probe``)."""
-    total = steps
-    start = time.perf_counter()
-    history: list[dict[str, float]] = []
-    step = 0
+    """Run ``step_fn(step, total)`` ``steps`` times, or as many as fit in ``minutes`` (timed on ``probe``).
+
+    ``resume`` (a ``run`` dict an earlier ``save`` received) continues from its step with its total, history
+    and wall time. ``save(run)`` is called every ``every`` steps, at the end, and on SIGTERM/SIGINT (then
+    the run stops with :class:`TrainingInterrupted`); never before a minutes budget has settled the total,
+    so a resumed run never re-times its probe.
+    """
+    run = resume or {"step": 0, "total": steps, "history": [], "wall_s": 0.0}
+    total, step, history = int(run["total"]), int(run["step"]), list(run["history"])
+    start = time.perf_counter() - float(run["wall_s"])  # wall time adds up over resumed sessions
     skip = probe // 2  # the first steps are slow (allocator, caches): time the second half of the probe
-    while step < total:
-        if step == skip:
-            probe_start = time.perf_counter()
-        stats = step_fn(step, total)
-        step += 1
-        if minutes is not None and step == probe:
-            per_step = (time.perf_counter() - probe_start) / (probe - skip)
-            total = max(probe, int((minutes * 60.0 - (time.perf_counter() - start)) / per_step) + probe)
-            logger.info("%s: %.3f s/step -> %d steps for %.1f min", name, per_step, total, minutes)
-        if step % log_every == 0 or step == total:
-            stats = {k: round(float(v), 5) for k, v in stats.items()}
-            history.append({"step": step, **stats})
-            logger.info("%s step %d/%d %s (%.0fs)", name, step, total, stats, time.perf_counter() - start)
-    return {"steps": total, "wall_s": round(time.perf_counter() - start, 1), "history": history}
+    interrupt = Interrupt()
+
+    def snapshot() -> dict[str, Any]:
+        return {"step": step, "total": total, "history": history, "wall_s": round(time.perf_counter() - start, 1)}
+
+    try:
+        while step < total:
+            if step == skip:
+                probe_start = time.perf_counter()
+            stats = step_fn(step, total)
+            step += 1
+            _count_step()
+            if minutes is not None and step == probe:
+                per_step = (time.perf_counter() - probe_start) / (probe - skip)
+                total = max(probe, int((minutes * 60.0 - (time.perf_counter() - start)) / per_step) + probe)
+                logger.info("%s: %.3f s/step -> %d steps for %.1f min", name, per_step, total, minutes)
+            if step % log_every == 0 or step == total:
+                stats = {k: round(float(v), 5) for k, v in stats.items()}
+                history.append({"step": step, **stats})
+                logger.info("%s step %d/%d %s (%.0fs)", name, step, total, stats, time.perf_counter() - start)
+            settled = minutes is None or step >= probe
+            if save is not None and settled and ((every and step % every == 0) or step == total or interrupt.raised):
+                save(snapshot())
+            if interrupt.raised:
+                raise TrainingInterrupted(f"pretrain-sd: interrupted by signal {interrupt.raised} at {name} step {step}"
+                                          + ("; checkpoint kept, rerun the same command to resume" if save else ""))
+            _kill_if_due()
+    finally:
+        interrupt.restore()
+    return {"steps": total, "wall_s": snapshot()["wall_s"], "history": history}
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped pretraining after a checkpoint (rerun to resume)."""
+
+
+_steps_run = 0  # steps of every phase run by this process (the kill test's counter)
+
+
+def _count_step() -> None:
+    global _steps_run
+    _steps_run += 1
+
+
+def _kill_if_due() -> None:
+    due = kill_after_steps()
+    if due and _steps_run >= due:
+        kill_now()
+
+
+def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": gen.get_state()}
+
+
+def _set_rng_state(rng: np.random.Generator, gen: torch.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state["numpy"]
+    gen.set_state(state["torch"])
 
 
 # --- VAE ------------------------------------------------------------------------------------------
@@ -227,11 +278,21 @@ def _vae_batch(images: np.ndarray, rng: np.random.Generator, batch: int, crop: i
     return to_model_range(np.stack(crops))
 
 
-def train_vae(vae: torch.nn.Module, images: np.ndarray, config: SDPretrainConfig) -> dict[str, Any]:
-    """Train ``vae`` in place on random crops of ``images`` (N, S, S, 3) uint8; returns the run record."""
+def train_vae(vae: torch.nn.Module, images: np.ndarray, config: SDPretrainConfig, *,
+              resume: dict[str, Any] | None = None, save: Callable[[dict[str, Any]], None] | None = None,
+              every: int = 0) -> dict[str, Any]:
+    """Train ``vae`` in place on random crops of ``images`` (N, S, S, 3) uint8; returns the run record.
+
+    ``save(state)`` receives everything the run needs to continue (weights, optimiser, generators, the
+    run's step and history) every ``every`` steps; ``resume`` is such a state: the run continues from it
+    exactly as if it had never stopped."""
     rng = np.random.default_rng([config.seed, 1])
     gen = torch.Generator().manual_seed(config.seed * 1000 + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if resume is not None:
+        vae.load_state_dict(resume["vae"])
+        opt.load_state_dict(resume["opt"])
+        _set_rng_state(rng, gen, resume["rng"])
     vae.train()
 
     def step_fn(step: int, total: int) -> dict[str, float]:
@@ -252,8 +313,12 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, config: SDPretrainConfig
         opt.step()
         return {"loss": loss.item(), "l1": l1.item(), "kl": kl.item()}
 
+    def save_state(run: dict[str, Any]) -> None:
+        save({"vae": vae.state_dict(), "opt": opt.state_dict(), "rng": _rng_state(rng, gen), "run": run})
+
     record = _run_steps(step_fn, steps=config.vae_steps, minutes=config.vae_minutes,
-                        probe=config.time_probe_steps, log_every=config.log_every, name="vae")
+                        probe=config.time_probe_steps, log_every=config.log_every, name="vae",
+                        resume=None if resume is None else resume["run"], save=None if save is None else save_state, every=every)
     vae.eval()
     return record
 
@@ -286,11 +351,12 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def train_unet(
     pipe: Any, mean: torch.Tensor, std: torch.Tensor, labels: Sequence[Sequence[int]], config: SDPretrainConfig,
+    *, resume: dict[str, Any] | None = None, save: Callable[[dict[str, Any]], None] | None = None, every: int = 0,
 ) -> tuple[dict[str, Any], torch.nn.Module, torch.nn.Module]:
     """Train ``pipe.unet`` (and ``pipe.text_encoder``) on latents; returns (record, EMA unet, EMA text encoder).
 
     ``mean``/``std``: unscaled VAE posteriors (N, 4, h, w); the latent is a fresh posterior sample each
-    step, times ``pipe.vae.config.scaling_factor``.
+    step, times ``pipe.vae.config.scaling_factor``. ``save`` / ``resume`` as in :func:`train_vae`.
     """
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     scale = float(pipe.vae.config.scaling_factor)
@@ -307,6 +373,11 @@ def train_unet(
     trained = [p for g in groups for p in g["params"]]
     ema_unet = copy.deepcopy(unet).requires_grad_(False).eval()
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False).eval()
+    parts = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text, "opt": opt}
+    if resume is not None:
+        for name, part in parts.items():
+            part.load_state_dict(resume[name])
+        _set_rng_state(rng, gen, resume["rng"])
     unet.train()
     text_encoder.train(config.train_text_encoder)
     token_cache: dict[str, torch.Tensor] = {}
@@ -351,8 +422,12 @@ def train_unet(
         _ema_update(ema_text, text_encoder, decay)
         return {"loss": loss.item(), "mse": per_sample.mean().item()}
 
+    def save_state(run: dict[str, Any]) -> None:
+        save({**{name: part.state_dict() for name, part in parts.items()}, "rng": _rng_state(rng, gen), "run": run})
+
     record = _run_steps(step_fn, steps=config.unet_steps, minutes=config.unet_minutes,
-                        probe=config.time_probe_steps, log_every=config.log_every, name="unet")
+                        probe=config.time_probe_steps, log_every=config.log_every, name="unet",
+                        resume=None if resume is None else resume["run"], save=None if save is None else save_state, every=every)
     unet.eval()
     text_encoder.eval()
     return record, ema_unet, ema_text
@@ -361,16 +436,26 @@ def train_unet(
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progress: bool = True) -> dict[str, Any]:
+def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progress: bool = True,
+             checkpoints: str | os.PathLike[str] | None = None, checkpoint_every: int = 100) -> dict[str, Any]:
     """Build the tiny SD from ``config.tiny_config``, train VAE then UNet + text encoder, save to ``out_dir``.
 
     ``out_dir`` receives ``pipe.save_pretrained`` (fp16 safetensors, EMA weights) and ``manifest.json``
     (the returned record: config, data fingerprint, steps and wall time per part, library versions).
     It is written beside and renamed into place; an existing pipeline directory there is replaced.
     ``progress`` logs losses at INFO (else only warnings).
+
+    With ``checkpoints`` (a folder), the run saves its whole state there every ``checkpoint_every`` steps,
+    at the end of each part and on SIGTERM/SIGINT, and starts from the newest checkpoint of the same run
+    (same config, tiny config and torch version): a killed run rerun with the same arguments writes the
+    same weights as one that never stopped. The folder is removed once ``out_dir`` is written.
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    store = None if checkpoints is None else CheckpointStore(checkpoints, key=run_key(config))
+    latest = None if store is None else store.latest()
     previous = logger.level
     logger.setLevel(logging.INFO if progress else logging.WARNING)
     try:
@@ -380,7 +465,18 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
         logger.info("rendered %d scenes in %.0fs", len(scenes.images), render_s)
         with tempfile.TemporaryDirectory() as tok_dir:
             pipe = build_tiny_stable_diffusion(load_tiny_sd_config(config.tiny_config), tok_dir, seed=config.seed)
-        vae_record = train_vae(pipe.vae, scenes.images, config)
+        phase, state = ("vae", None) if latest is None else (latest[1]["phase"], latest[1])
+        if latest is not None:
+            logger.info("resuming from %s (%s step %d)", store.folder, phase, state["run"]["step"])
+        if phase == "vae":
+            vae_record = train_vae(pipe.vae, scenes.images, config, resume=state,
+                                   save=None if store is None else lambda st: store.save(st["run"]["step"], {"phase": "vae", **st}),
+                                   every=checkpoint_every)
+            state = None
+        else:
+            pipe.vae.load_state_dict(state["vae"])
+            vae_record = state["vae_record"]
+        vae_state = pipe.vae.state_dict()
 
         t1 = time.perf_counter()
         mean, std = encode_posteriors(pipe.vae, scenes.images, config.encode_batch)
@@ -390,7 +486,13 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
         logger.info("encoded %d scenes in %.0fs; latent scaling factor %.4f", len(mean), encode_s, scale)
         labels = scenes.labels
         del scenes
-        unet_record, ema_unet, ema_text = train_unet(pipe, mean, std, labels, config)
+
+        def save_unet(st: dict[str, Any]) -> None:
+            store.save(vae_record["steps"] + st["run"]["step"],
+                       {"phase": "unet", "vae": vae_state, "vae_record": vae_record, **st})
+
+        unet_record, ema_unet, ema_text = train_unet(pipe, mean, std, labels, config, resume=state,
+                                                     save=None if store is None else save_unet, every=checkpoint_every)
         pipe.unet.load_state_dict(ema_unet.state_dict())
         pipe.text_encoder.load_state_dict(ema_text.state_dict())
         record = {
@@ -399,15 +501,27 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
             "vae": {**vae_record, "scaling_factor": round(scale, 6)},
             "unet": {**unet_record, "weights": "ema"},
             "data_prep_s": {"render": round(render_s, 1), "encode": round(encode_s, 1)},
-            "total_wall_s": round(time.perf_counter() - t0, 1),
+            "total_wall_s": round(render_s + encode_s + vae_record["wall_s"] + unet_record["wall_s"], 1),
+            "resumed_from": None if latest is None else {"phase": phase, "step": latest[1]["run"]["step"]},
             "sizes": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                       for name in ("vae", "unet", "text_encoder")},
             "versions": library_versions("diffusers", "transformers", "scikit-learn"),
         }
         save_pipeline(pipe, out_dir, record)
+        if store is not None:
+            store.clear()
         return record
     finally:
         logger.setLevel(previous)
+
+
+def run_key(config: SDPretrainConfig) -> str:
+    """What a checkpoint must match to be resumed: the config, the tiny config's sizes and torch's version."""
+    sizes = load_tiny_sd_config(config.tiny_config)
+    described = {"config": config.to_dict(),
+                 "tiny_config": {f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)},
+                 "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_pipeline(pipe: Any, out_dir: Path, record: dict[str, Any]) -> None:
