@@ -73,8 +73,8 @@ DATASET_KEYS = {"clip_size", "normalise", "template", "prompt_names_file", "back
                 "attributes_file", "attribute_clusters", "eval_thresholds", "store_dtype"}
 
 
-def oracle_store(out: Path, images, *, correlation: bool, transition: bool) -> Path:
-    """A copy of artifacts/diffusion.zarr whose R (`correlation`) and / or P (`transition`) are built from
+def oracle_store(out: Path, images, real_path: Path, *, correlation: bool, transition: bool) -> Path:
+    """A copy of stage A's store `real_path` whose R (`correlation`) and / or P (`transition`) are built from
     the ground-truth masks at the store's grids (pipeline.diffusion.oracle), P stored whole (every
     column of every row, float32) so that nothing is truncated. Only this script reads masks into a
     stage A store; the `cams` stage reads it like any other."""
@@ -82,7 +82,7 @@ def oracle_store(out: Path, images, *, correlation: bool, transition: bool) -> P
     from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.image_store import ArraySpec, ImageStore
 
-    real = DiffusionMaps.open("artifacts/diffusion.zarr")
+    real = DiffusionMaps.open(real_path)
     g, t = real.grid, real.transition_grid
     specs = {s.name: s for s in real.store.specs}
     max_k = specs["rows"].shape[0]
@@ -167,7 +167,7 @@ def miou(index, images, split, labels_of) -> float:
     return scores(conf, names)["miou"]
 
 
-def run_cams(params: dict, out: Path, diffusion: Path = Path("artifacts/diffusion.zarr")) -> ImageStore:
+def run_cams(params: dict, out: Path, *, index: Path, diffusion: Path, tsa_cache: Path) -> ImageStore:
     """The `cams` stage's own command with `params` (validated first), into `out`."""
     import subprocess
 
@@ -178,7 +178,8 @@ def run_cams(params: dict, out: Path, diffusion: Path = Path("artifacts/diffusio
     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "stages.cli", "-q", "cams", "--params", str(out / "params.yaml"),
                     "--cams", str(out / "cams.zarr"), "--pseudo-labels", str(out / "pseudo_labels"),
-                    "--tsa-cache", "artifacts/tsa_cache.h5", "--diffusion", str(diffusion)], check=True)
+                    "--tsa-cache", str(tsa_cache), "--diffusion", str(diffusion), "--index", str(index)],
+                   check=True)
     return ImageStore.open(out / "cams.zarr", stage="cams")
 
 
@@ -186,12 +187,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/cam_ablation"))
     ap.add_argument("--rows", default=None, help="comma list of row numbers (default: all)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params every row starts from")
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                    help="the folder holding index/ and diffusion.zarr (another world's: scripts/unseen_world.sh)")
+    ap.add_argument("--tsa-cache", type=Path, default=None,
+                    help="the TSA cache (default: ARTIFACTS/tsa_cache.h5; generated images, so any world's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a params key for every row, dotted, value as YAML (e.g. cams.clip_size=128); "
                          "as `dvc exp run -S` does; repeatable")
     args = ap.parse_args()
-    base = with_overrides(to_plain(load_params("params.yaml")), args.set)
-    index = DatasetIndex.load("artifacts/index")
+    base = with_overrides(to_plain(load_params(str(args.params))), args.set)
+    tsa_cache = args.tsa_cache or args.artifacts / "tsa_cache.h5"
+    index = DatasetIndex.load(args.artifacts / "index")
     train, tune = index.meta["train_split"], index.meta["eval_split"]
     images = index.images([train, tune])
     present = {i: r.astype(bool) for s in (train, tune) for i, r in zip(index.ids(s), index.labels(s))}
@@ -230,11 +237,12 @@ def main() -> None:
         if overrides.get("__untrained__"):
             data["models"]["clip"]["pretrained"] = str(untrained_clip(args.out, data["models"]["clip"]["model"]))
         data["runner"]["in_process"] = False
-        diffusion = Path("artifacts/diffusion.zarr")
+        diffusion = args.artifacts / "diffusion.zarr"
         if "__oracle__" in overrides:
-            diffusion = oracle_store(args.out / f"row{n}", images, correlation="R" in overrides["__oracle__"],
+            diffusion = oracle_store(args.out / f"row{n}", images, diffusion, correlation="R" in overrides["__oracle__"],
                                      transition="P" in overrides["__oracle__"])
-        store = run_cams(data, args.out / f"row{n}", diffusion)
+        store = run_cams(data, args.out / f"row{n}", index=args.artifacts / "index", diffusion=diffusion,
+                         tsa_cache=tsa_cache)
         rows = {i: k for k, i in enumerate(store.ids())}
 
         rule = LabelRule.from_attrs(store.attrs["label_rule"])  # the stage's own rule (PAR, ignore band)

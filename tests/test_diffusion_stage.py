@@ -80,6 +80,7 @@ def test_store_layout_attributes_and_metric(world, finished):
     import torch
 
     from pipeline.diffusion.baselines import colour_kmeans
+    from pipeline.diffusion.oracle import own_label_mass
     from pipeline.metrics import best_match_iou, cluster_map_iou
     from pipeline.store.dataset_index import DatasetIndex
     from pipeline.store.diffusion_maps import DiffusionMaps
@@ -124,10 +125,15 @@ def test_store_layout_attributes_and_metric(world, finished):
     assert {"acr_best_match_iou", "untrained_unet_best_match_iou"} <= set(metric)
     kept = maps.store.read("transition_kept")
     assert metric["transition_kept_mass"] == pytest.approx(float(kept.mean())) and 0 < metric["transition_kept_mass"] <= 1
+    # P's own-label mass, recomputed from the stored P and the masks; a uniform P keeps each object's share
+    mass = [own_label_mass(maps.transition(i), images.load_mask(i)) for i in ids]
+    assert metric["own_label_mass"] == pytest.approx(np.nanmean(mass))
+    share = [own_label_mass(np.full((256, 256), 1 / 256), images.load_mask(i)) for i in ids]
+    assert metric["own_label_mass_uniform"] == pytest.approx(np.nanmean(share))
     assert json.loads(out.with_suffix(".detail.json").read_text()) == metric
     assert json.loads(out.with_suffix(".json").read_text()) == {  # the headline numbers
         "best_match_iou": metric["diclip_best_match_iou"], "best_match_ceiling": metric["mask_at_grid_best_match_iou"],
-        "kept_mass": metric["transition_kept_mass"]}
+        "own_label_mass": metric["own_label_mass"], "kept_mass": metric["transition_kept_mass"]}
 
 
 def test_finished_store_is_kept_and_params_change_recomputes(world, finished, tmp_path):

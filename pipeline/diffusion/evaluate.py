@@ -1,5 +1,6 @@
 """How well stage A's clusters match objects: best-match IoU of cluster maps with object masks, beside
-the other recipe, an untrained UNet and colour k-means; and how much of P the stored entries hold.
+the other recipe, an untrained UNet and colour k-means; how much of P's mass stays on an object
+patch's own label (beside a uniform P's); and how much of P the stored entries hold.
 Pure functions over arrays and callables."""
 
 from __future__ import annotations
@@ -9,19 +10,22 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pipeline.diffusion.baselines import colour_kmeans
+from pipeline.diffusion.oracle import labels_at_grid, own_label_mass
 from pipeline.metrics import best_match_iou, cluster_map_iou, upsample_labels
 
 
 def image_scores(
     image_id: str, *, recipe: str, clusters: Callable[[str], tuple[np.ndarray, int]], mask: Callable[[str], np.ndarray],
     image: Callable[[str], np.ndarray], others: Mapping[str, Callable[[np.ndarray, str], Mapping[str, np.ndarray]]] = {},
-    colour_baseline: bool = True,
+    colour_baseline: bool = True, transition: Callable[[str], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Best-match IoU with one image's object masks, by name: the stored cluster map (`clusters(id)` ->
     (map, K), nearest-upsampled to the mask) as `recipe`; each of `others` (per-image functions
     returning a `clusters` map); colour k-means on pixel RGB with the image's K (at least 2); and
     `mask_at_grid`, the mask itself sampled at the clusters' grid (the ceiling of any map there).
-    Also the image's cluster count `k`. NaN for an image without objects."""
+    Also the image's cluster count `k`; with `transition(id)` (dense P), `own_label_mass` (the mass P's
+    rows keep on an object patch's own label, per object) and `own_label_mass_uniform` (a uniform P's:
+    each object's share of P's grid; a P built from the mask keeps 1). NaN for an image without objects."""
     m = mask(image_id)
     c, k = clusters(image_id)
     out = {"k": float(k), recipe: cluster_map_iou(c, m), "mask_at_grid": cluster_map_iou(upsample_labels(m, c.shape), m)}
@@ -30,12 +34,26 @@ def image_scores(
         out[name] = cluster_map_iou(fn(rgb, image_id)["clusters"], m)
     if colour_baseline:
         out["colour_kmeans"] = best_match_iou(colour_kmeans(rgb, max(2, k)), m)
+    if transition is not None:
+        p = transition(image_id)
+        out["own_label_mass"] = own_label_mass(p, m)
+        out["own_label_mass_uniform"] = grid_share(m, int(round(np.sqrt(p.shape[0]))))
     return out
+
+
+MASS_SCORES = ("own_label_mass", "own_label_mass_uniform")  # image scores that are means, not best-match IoUs
+
+
+def grid_share(mask: np.ndarray, grid: int) -> float:
+    """The mean share of a grid's patches an object covers (what a uniform P keeps on its label)."""
+    labels = labels_at_grid(mask, grid)
+    objects = [v for v in np.unique(labels) if v not in (0, 255)]
+    return float(np.mean([(labels == v).mean() for v in objects])) if objects else float("nan")
 
 
 def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     """`<name>_best_match_iou`: the mean of each score over the images with objects; image counts, mean K."""
-    names = [n for n in (per_image[0] if per_image else {recipe: 0.0}) if n != "k"]
+    names = [n for n in (per_image[0] if per_image else {recipe: 0.0}) if n != "k" and n not in MASS_SCORES]
     metric: dict[str, Any] = {
         "images": len(per_image),
         "images_with_objects": int(sum(not np.isnan(s[recipe]) for s in per_image)),
@@ -43,6 +61,9 @@ def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str
     }
     for name in names:
         metric[f"{name}_best_match_iou"] = _mean([s[name] for s in per_image])
+    for name in MASS_SCORES:
+        if per_image and name in per_image[0]:
+            metric[name] = _mean([s[name] for s in per_image])
     return metric
 
 
@@ -64,6 +85,8 @@ def stage_a_metric(recipe: str, per_image: Sequence[Mapping[str, float]], transi
     transition = transition_summary(*transition_stats) if transition_stats is not None else {}
     headline = {"best_match_iou": metric.get(f"{recipe}_best_match_iou"),
                 "best_match_ceiling": metric.get("mask_at_grid_best_match_iou")}
+    if "own_label_mass" in metric:
+        headline["own_label_mass"] = metric["own_label_mass"]
     if transition:
         headline["kept_mass"] = transition["transition_kept_mass"]
     return headline, {**context, "recipe": recipe, **metric, **transition}

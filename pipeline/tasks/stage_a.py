@@ -92,6 +92,7 @@ class ScoreTask:
 
         def score(ids: tuple[str, ...]) -> list[dict]:
             return [image_scores(i, recipe=self.plan.recipe, clusters=maps.clusters, mask=images.load_mask,
-                                 image=images.load_image, others=others, colour_baseline=self.colour) for i in ids]
+                                 image=images.load_image, others=others, colour_baseline=self.colour,
+                                 transition=maps.transition if self.plan.transition_k else None) for i in ids]
 
         return score
