@@ -65,6 +65,8 @@ ROWS: list[tuple[str, dict]] = [
     ("+ VCE + RAR, oracle R and P (an upper bound)", {"vce": True, "rar": True, "__oracle__": "RP"}),
     ("DiCLIP's training-free path as the voc preset sets it (its cache at 0.5, 512 px labels)", "@voc"),
     ("ExCEL's training-free path as the excel-voc preset sets it (shapes attributes, 14 centres)", "@excel-voc"),
+    ("+ PAR + static TSA cache (weight 0.5) + VCE", {"par": True, "cache_weight": 0.5, "vce": True}),
+    ("+ PAR + static TSA cache (weight 0.5) + RAR", {"par": True, "cache_weight": 0.5, "rar": True}),
 ]
 
 # What a preset's `cams` section decides about the method; the keys it leaves out (input size,
