@@ -83,6 +83,7 @@ def local_run(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.mark.timeout(1800)  # two tiny pipelines: the module's local run (its fixture) and this one on one surviving worker
 def test_an_external_cluster_with_a_worker_killed_mid_stage_writes_the_same_bytes(local_run, tmp_path):
     repo = tiny_repo(tmp_path / "repo")
     # worker 1 SIGKILLs itself after staging its 40th image: inside prepare or diffusion_attention,
