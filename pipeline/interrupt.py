@@ -33,6 +33,18 @@ def kill_after_steps() -> int:
     return int(os.environ.get(KILL_AFTER_STEPS_ENV, 0))
 
 
+_steps_run = 0  # training steps this process has run, over every loop and phase (the kill tests' count)
+
+
+def step_done() -> None:
+    """Count one finished training step; SIGKILL the process once a kill test's count is reached."""
+    global _steps_run
+    _steps_run += 1
+    due = kill_after_steps()
+    if due and _steps_run >= due:
+        kill_now()
+
+
 def kill_now() -> None:
     """SIGKILL this process: no handler, no cleanup, as a crash or an OOM kill would leave it."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -19,7 +19,8 @@ from pipeline.tiny.options import pretrain_sd_options
 
 @click.command("pretrain-sd")
 @pretrain_sd_options
-def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minutes, vae_share: float, scenes, single_scenes,
+def pretrain_sd_command(out: Path | None, seed: int, init: Path | None, image_sizes: tuple[int, ...], vae_steps, unet_steps,
+                        minutes, unet_batch, unet_lr, text_lr, vae_share: float, scenes, single_scenes,
                         tiny_config, threads: int, checkpoints: Path | None, checkpoint_every: int, eval_only,
                         do_eval: bool, eval_scenes: int, samples_per_class: int, clip_dir: Path | None,
                         clip_wait: float) -> None:
@@ -37,6 +38,10 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
     untrained UNet and colour k-means baselines), (b) zero-shot tiny-CLIP accuracy of
     "a photo of a {class}." samples (when the tiny CLIP is shipped). Everything lands in
     OUT/manifest.json with the command, seed, steps, wall times, data fingerprint and library versions.
+
+    With --init DIR the run fine-tunes that pipeline instead (its VAE kept, no VAE steps), for example
+    at the 128 px input stage A reads it at: `--init pipeline/models/weights/diclip-tiny-sd --image-size
+    64 --image-size 128` alternates the scenes' own size (which the TSA cache generates at) with 128 px.
 
     Training checkpoints every --checkpoint-every steps into --checkpoints: a run that was killed,
     or stopped with Ctrl-C, continues from its newest checkpoint when the same command is run again.
@@ -59,15 +64,18 @@ def pretrain_sd_command(out: Path | None, seed: int, vae_steps, unet_steps, minu
         click.echo(json.dumps(record["metrics"]["summary"], indent=1))
         return
 
-    overrides = {"seed": seed}
-    if vae_steps is not None:
-        overrides["vae_steps"] = vae_steps
-    if unet_steps is not None:
-        overrides["unet_steps"] = unet_steps
+    overrides = {"seed": seed, "image_sizes": image_sizes}
+    if init is not None:
+        overrides["init"] = str(init)
+    for name, value in (("vae_steps", vae_steps), ("unet_steps", unet_steps), ("unet_batch", unet_batch),
+                        ("unet_lr", unet_lr), ("text_lr", text_lr)):
+        if value is not None:
+            overrides[name] = value
     if minutes is not None:
         if not 0.0 < vae_share < 1.0:
             raise click.BadParameter("must lie in (0, 1)", param_hint="--vae-share")
-        overrides.update(vae_minutes=minutes * vae_share, unet_minutes=minutes * (1.0 - vae_share),
+        unet_share = 1.0 if init is not None else 1.0 - vae_share  # a fine-tune trains no VAE
+        overrides.update(vae_minutes=minutes * (1.0 - unet_share) or None, unet_minutes=minutes * unet_share,
                          vae_steps=10**9, unet_steps=10**9)
     if tiny_config is not None:
         overrides["tiny_config"] = tiny_config

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.diffusion.correlation import dense_correlation
-from pipeline.diffusion.oracle import oracle_clusters, oracle_transition, own_label_mass
+from pipeline.diffusion.oracle import grid_share, oracle_clusters, oracle_transition, own_label_mass
 
 
 def planted_mask() -> np.ndarray:
@@ -32,10 +32,11 @@ def test_own_label_mass_is_one_for_the_oracle_and_the_object_share_for_a_uniform
     assert own_label_mass(oracle_transition(mask, 8), mask) == pytest.approx(1.0)
     uniform = np.full((64, 64), 1 / 64)
     # object 1 holds 16 of 64 cells, object 2 holds 4: a uniform row keeps each object's share
-    assert own_label_mass(uniform, mask) == pytest.approx((16 / 64 + 4 / 64) / 2)
+    assert own_label_mass(uniform, mask) == pytest.approx((16 / 64 + 4 / 64) / 2) == grid_share(mask, 8)
     leaky = 0.5 * oracle_transition(mask, 8) + 0.5 * uniform  # half the mass leaks evenly
     assert own_label_mass(leaky, mask) == pytest.approx(0.5 + 0.5 * (16 / 64 + 4 / 64) / 2)
     assert np.isnan(own_label_mass(uniform, np.zeros((32, 32), dtype=np.uint8)))
+    assert np.isnan(grid_share(np.zeros((32, 32), dtype=np.uint8), 8))
 
 
 def test_the_object_patch_is_inside_the_largest_object_nearest_its_centre():

@@ -131,6 +131,40 @@ def test_train_sd_writes_a_loadable_fp16_directory(tmp_path, monkeypatch):
         train_sd.train_sd(SDPretrainConfig(**TINY_RUN), tmp_path / "other", progress=False)
 
 
+def test_scenes_at_size_are_what_stage_a_feeds_the_vae():
+    from pipeline.diffusion.sd_input import sd_pixels
+
+    scenes = train_sd.render_pretrain_scenes(SDPretrainConfig(n_scenes=2, n_single_scenes=0)).images
+    resized = train_sd.scenes_at_size(scenes, 128)
+    assert resized.shape == (2, 128, 128, 3) and resized.dtype == np.uint8
+    assert train_sd.scenes_at_size(scenes, 64) is scenes
+    for scene, big in zip(scenes, resized):
+        fed = sd_pixels(scene, 128, "diclip")  # DiCLIP's chain: float16 k/255 mapped to [-1, 1]
+        assert torch.allclose(train_sd.to_model_range(big[None]), fed, atol=2e-3)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        SDPretrainConfig(image_sizes=(64, 100))
+    with pytest.raises(ValueError, match="not a diffusers pipeline directory"):
+        SDPretrainConfig(init=str(ROOT))
+
+
+@pytest.mark.timeout(180)
+def test_a_fine_tune_keeps_its_init_vae_and_trains_the_unet_at_each_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = SDPretrainConfig(init=str(SHIPPED), image_sizes=(64, 128), n_scenes=4, n_single_scenes=2, unet_steps=4,
+                              unet_batch=2, unet_warmup=2, time_probe_steps=2, log_every=2, encode_batch=8)
+    record = train_sd.train_sd(config, tmp_path / "ft", progress=False)
+    init, tuned = (load_stable_diffusion(d, device="cpu", precision="fp32") for d in (SHIPPED, tmp_path / "ft"))
+    assert _states_equal(init.vae, tuned.vae) and not _states_equal(init.unet, tuned.unet)
+    assert tuned.vae.config.scaling_factor == init.vae.config.scaling_factor  # the latents keep their scale
+    assert record["vae"]["steps"] == 0 and record["unet"]["steps"] == 4
+    assert record["init"]["sha256"] == train_sd.init_fingerprint(SHIPPED)["sha256"]
+    assert record["data"]["image_sizes"] == [64, 128]
+    assert train_sd.run_key(config) != train_sd.run_key(dataclasses.replace(config, image_sizes=(128,)))
+    command = train_sd.reproduce_command(record, config, out=None, scenes=4, single_scenes=2)
+    assert f"--init {SHIPPED}" in command and "--image-size 64 --image-size 128" in command
+    assert "--vae-steps" not in command and "--unet-batch 2" in command
+
+
 _KILLED_RUN = """
 import json, sys
 import torch

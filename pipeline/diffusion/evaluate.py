@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pipeline.diffusion.baselines import colour_kmeans
-from pipeline.diffusion.oracle import labels_at_grid, own_label_mass
+from pipeline.diffusion.oracle import grid_share, own_label_mass
 from pipeline.metrics import best_match_iou, cluster_map_iou, upsample_labels
 
 
@@ -42,13 +42,6 @@ def image_scores(
 
 
 MASS_SCORES = ("own_label_mass", "own_label_mass_uniform")  # image scores that are means, not best-match IoUs
-
-
-def grid_share(mask: np.ndarray, grid: int) -> float:
-    """The mean share of a grid's patches an object covers (what a uniform P keeps on its label)."""
-    labels = labels_at_grid(mask, grid)
-    objects = [v for v in np.unique(labels) if v not in (0, 255)]
-    return float(np.mean([(labels == v).mean() for v in objects])) if objects else float("nan")
 
 
 def summarise(recipe: str, per_image: Sequence[Mapping[str, float]]) -> dict[str, Any]:

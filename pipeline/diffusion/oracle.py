@@ -41,16 +41,26 @@ def oracle_transition(mask: np.ndarray, grid: int) -> np.ndarray:
     return segment_rows(labels_at_grid(mask, grid))
 
 
+def _per_object_mean(labels: np.ndarray, per_patch: np.ndarray) -> float:
+    """The mean over the objects (labels other than background 0 and ignore 255) of each object's mean of
+    ``per_patch``; NaN when no object is there."""
+    objects = [v for v in np.unique(labels) if v not in (0, 255)]
+    return float(np.mean([per_patch[labels == v].mean() for v in objects])) if objects else float("nan")
+
+
 def own_label_mass(transition: np.ndarray, mask: np.ndarray) -> float:
     """The mass P's rows keep on their own label, averaged over each object's patches and then over the
-    objects (labels other than background 0 and ignore 255) at P's grid; NaN when no object is there.
-    A uniform P keeps each object's share of the grid; the oracle P keeps 1."""
+    objects at P's grid; NaN when no object is there. A uniform P keeps :func:`grid_share`; the oracle P 1."""
     p = np.asarray(transition, dtype=np.float64)
     grid = int(round(np.sqrt(p.shape[0])))
     labels = labels_at_grid(mask, grid).reshape(-1)
-    kept = (p * (labels[:, None] == labels[None, :])).sum(1)
-    objects = [v for v in np.unique(labels) if v not in (0, 255)]
-    return float(np.mean([kept[labels == v].mean() for v in objects])) if objects else float("nan")
+    return _per_object_mean(labels, (p * (labels[:, None] == labels[None, :])).sum(1))
+
+
+def grid_share(mask: np.ndarray, grid: int) -> float:
+    """The mean share of a grid's patches an object covers: what a uniform P keeps on its label."""
+    labels = labels_at_grid(mask, grid).reshape(-1)
+    return _per_object_mean(labels, (labels[:, None] == labels[None, :]).mean(1))
 
 
 def object_patch(mask: np.ndarray, grid: int) -> int | None:

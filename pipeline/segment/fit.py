@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pipeline.errors import UserError
-from pipeline.interrupt import Interrupt, kill_after_steps, kill_now
+from pipeline.interrupt import Interrupt, step_done
 from pipeline.segment.config import TrainConfig
 from pipeline.segment.training import Sample, SegmenterTrainer
 
@@ -22,7 +22,6 @@ def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history:
     from tqdm import tqdm
 
     interrupt = Interrupt()
-    kill_after = kill_after_steps()
     bar = tqdm(total=config.iterations, initial=trainer.step, desc="train", unit="step", disable=not writer,
                mininterval=2.0)
     try:
@@ -41,8 +40,7 @@ def fit(trainer: SegmenterTrainer, sample: Sample, config: TrainConfig, history:
             if interrupt.raised:
                 raise UserError(f"train: interrupted by signal {interrupt.raised} at step {step}; checkpoint kept, "
                                 "rerun to resume")
-            if kill_after and step >= kill_after:
-                kill_now()
+            step_done()
     finally:
         bar.close()
         interrupt.restore()

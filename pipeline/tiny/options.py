@@ -15,6 +15,12 @@ PRETRAIN_SD_OPTIONS: tuple[Callable, ...] = (
                  show_default="pipeline/models/weights/diclip-tiny-sd of the installed package",
                  help="Pipeline directory to write (save_pretrained layout + manifest.json); replaced if it is one."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, batches and noise."),
+    click.option("--init", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+                 help="Fine-tune this pipeline directory (e.g. the shipped tiny SD): its VAE and latent scaling are "
+                      "kept, its UNet and text encoder train on (no VAE steps; --minutes all go to the UNet)."),
+    click.option("--image-size", "image_sizes", type=click.IntRange(min=16), multiple=True,
+                 help="UNet training input size in px, repeatable: steps cycle through the sizes; scenes are resized "
+                      "as stage A resizes them for SD (default: the scenes' own 64 px)."),
     click.option("--vae-steps", type=int, default=None, help="VAE steps (default: SDPretrainConfig.vae_steps)."),
     click.option("--unet-steps", type=int, default=None,
                  help="UNet + text encoder steps (default: SDPretrainConfig.unet_steps)."),
@@ -22,6 +28,11 @@ PRETRAIN_SD_OPTIONS: tuple[Callable, ...] = (
                  help="Total training budget instead of steps: split VAE/UNet by --vae-share, turned into step "
                       "counts after timing the first steps (recorded in the manifest; pass them as --*-steps to "
                       "reproduce)."),
+    click.option("--unet-batch", type=click.IntRange(min=1), default=None,
+                 help="Scenes per UNet step (default: SDPretrainConfig.unet_batch)."),
+    click.option("--unet-lr", type=float, default=None, help="UNet learning rate (default: SDPretrainConfig.unet_lr)."),
+    click.option("--text-lr", type=float, default=None,
+                 help="Text encoder learning rate (default: SDPretrainConfig.text_lr)."),
     click.option("--vae-share", type=float, default=0.2, show_default=True, help="Share of --minutes given to the VAE."),
     click.option("--scenes", type=int, default=None, help="Multi-object training scenes (default: SDPretrainConfig.n_scenes)."),
     click.option("--single-scenes", type=int, default=None,

@@ -45,8 +45,9 @@ import torch
 
 from pipeline import atomic
 from pipeline.data.shapes import CLASS_NAMES, ShapesConfig, render_scene, scene_seed
-from pipeline.interrupt import Interrupt, kill_after_steps, kill_now
-from pipeline.models.diffusion import DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_tiny_sd_config
+from pipeline.interrupt import Interrupt, step_done
+from pipeline.models.diffusion import (DEFAULT_TINY_SD, build_tiny_stable_diffusion, load_stable_diffusion,
+                                       load_tiny_sd_config)
 from pipeline.store.checkpoints import CheckpointStore
 from pipeline.tiny.manifest import library_versions, write_manifest
 
@@ -66,6 +67,8 @@ class SDPretrainConfig:
 
     seed: int = 0                          # initialisation, batch order, noise: the whole run
     tiny_config: str = DEFAULT_TINY_SD     # component sizes: tiny_configs/sd/<name>.json
+    init: str | None = None                # a pipeline directory to fine-tune: its VAE is kept, UNet + text encoder go on
+    image_sizes: tuple[int, ...] = ()      # UNet steps cycle through these input sizes (px); () = the scenes' own size
     # --- data
     world_seed: int = 0                    # shapes world seed (the demo world)
     split: str = "sd_pretrain"             # scene split name (never the demo dataset's train/val)
@@ -116,11 +119,22 @@ class SDPretrainConfig:
             raise ValueError("time_probe_steps must not exceed the warmups (the probe must not depend on the count)")
         if self.vae_crop % 8 or not 8 <= self.vae_crop <= ShapesConfig().image_size:
             raise ValueError(f"vae_crop must be a multiple of 8 in [8, image size], got {self.vae_crop}")
+        object.__setattr__(self, "image_sizes", tuple(int(size) for size in self.image_sizes))
+        if any(size < 16 or size % 16 for size in self.image_sizes):
+            raise ValueError(f"image_sizes must be multiples of 16 (the VAE's 4 times the UNet's 2 downsamplings), "
+                             f"got {list(self.image_sizes)}")
+        if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
+            raise ValueError(f"init {self.init} is not a diffusers pipeline directory (no model_index.json)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["caption_templates"] = list(self.caption_templates)
+        d["image_sizes"] = list(self.image_sizes)
         return d
+
+    def input_sizes(self) -> tuple[int, ...]:
+        """The UNet's training input sizes in px, in the order its steps cycle through them."""
+        return self.image_sizes or (ShapesConfig().image_size,)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -161,8 +175,35 @@ def data_fingerprint(config: SDPretrainConfig) -> dict[str, Any]:
              "shapes_config": dataclasses.asdict(single_object_world())},
         ],
     }
+    if config.image_sizes:
+        record["image_sizes"] = list(config.image_sizes)  # resized as stage A feeds SD (scenes_at_size)
     record["sha256"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
     return record
+
+
+def scenes_at_size(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 scenes (N, S, S, 3) as stage A's `diclip` resize gives them to the VAE at ``size`` px (the CLIP
+    input de-normalised and truncated to uint8; `pipeline.diffusion.sd_input`), so the UNet trains on the
+    inputs it is read at. The scenes themselves at their own size."""
+    if images.shape[1] == size:
+        return images
+    from pipeline.clip_input import IMAGENET_MEAN_255, IMAGENET_STD_255, normalise_then_resize
+    from pipeline.diffusion.sd_input import diclip_sd_image
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        clip_input = normalise_then_resize(image, size, mean=IMAGENET_MEAN_255, std=IMAGENET_STD_255)
+        out[i] = (diclip_sd_image(clip_input)[0].float() * 255).round().byte().permute(1, 2, 0).numpy()
+    return out
+
+
+def init_fingerprint(init: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sha256 of a pipeline directory's weight files: what a fine-tune started from."""
+    folder = Path(init)
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*/*.safetensors")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"path": str(folder), "sha256": digest.hexdigest()}
 
 
 def caption(labels: Sequence[int], template: str, rng: np.random.Generator) -> str:
@@ -217,7 +258,6 @@ def _run_steps(
                 probe_start = time.perf_counter()
             stats = step_fn(step, total)
             step += 1
-            _count_step()
             if minutes is not None and step == probe:
                 per_step = (time.perf_counter() - probe_start) / (probe - skip)
                 total = max(probe, int((minutes * 60.0 - (time.perf_counter() - start)) / per_step) + probe)
@@ -232,7 +272,7 @@ def _run_steps(
             if interrupt.raised:
                 raise TrainingInterrupted(f"pretrain-sd: interrupted by signal {interrupt.raised} at {name} step {step}"
                                           + ("; checkpoint kept, rerun the same command to resume" if save else ""))
-            _kill_if_due()
+            step_done()
     finally:
         interrupt.restore()
     return {"steps": total, "wall_s": snapshot()["wall_s"], "history": history}
@@ -240,20 +280,6 @@ def _run_steps(
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT stopped pretraining after a checkpoint (rerun to resume)."""
-
-
-_steps_run = 0  # steps of every phase run by this process (the kill test's counter)
-
-
-def _count_step() -> None:
-    global _steps_run
-    _steps_run += 1
-
-
-def _kill_if_due() -> None:
-    due = kill_after_steps()
-    if due and _steps_run >= due:
-        kill_now()
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
@@ -350,14 +376,18 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def train_unet(
-    pipe: Any, mean: torch.Tensor, std: torch.Tensor, labels: Sequence[Sequence[int]], config: SDPretrainConfig,
+    pipe: Any, mean: torch.Tensor | Sequence[torch.Tensor], std: torch.Tensor | Sequence[torch.Tensor],
+    labels: Sequence[Sequence[int]], config: SDPretrainConfig,
     *, resume: dict[str, Any] | None = None, save: Callable[[dict[str, Any]], None] | None = None, every: int = 0,
 ) -> tuple[dict[str, Any], torch.nn.Module, torch.nn.Module]:
     """Train ``pipe.unet`` (and ``pipe.text_encoder``) on latents; returns (record, EMA unet, EMA text encoder).
 
-    ``mean``/``std``: unscaled VAE posteriors (N, 4, h, w); the latent is a fresh posterior sample each
-    step, times ``pipe.vae.config.scaling_factor``. ``save`` / ``resume`` as in :func:`train_vae`.
+    ``mean``/``std``: unscaled VAE posteriors (N, 4, h, w), or one pair per input size (the same N scenes),
+    which step s uses the (s mod sizes)-th of; the latent is a fresh posterior sample each step, times
+    ``pipe.vae.config.scaling_factor``. ``save`` / ``resume`` as in :func:`train_vae`.
     """
+    means = [mean] if isinstance(mean, torch.Tensor) else list(mean)
+    stds = [std] if isinstance(std, torch.Tensor) else list(std)
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     scale = float(pipe.vae.config.scaling_factor)
     rng = np.random.default_rng([config.seed, 2])
@@ -393,6 +423,7 @@ def train_unet(
     def step_fn(step: int, total: int) -> dict[str, float]:
         for group in opt.param_groups:
             group["lr"] = group["base"] * _lr_factor(step, config.unet_warmup, total)
+        mean, std = means[step % len(means)], stds[step % len(stds)]
         idx = rng.integers(0, len(mean), config.unet_batch)
         templates = rng.integers(0, len(config.caption_templates), config.unet_batch)
         drop = rng.random(config.unet_batch) < config.cfg_dropout
@@ -463,12 +494,17 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
         scenes = render_pretrain_scenes(config)
         render_s = time.perf_counter() - t0
         logger.info("rendered %d scenes in %.0fs", len(scenes.images), render_s)
-        with tempfile.TemporaryDirectory() as tok_dir:
-            pipe = build_tiny_stable_diffusion(load_tiny_sd_config(config.tiny_config), tok_dir, seed=config.seed)
+        if config.init is None:
+            with tempfile.TemporaryDirectory() as tok_dir:
+                pipe = build_tiny_stable_diffusion(load_tiny_sd_config(config.tiny_config), tok_dir, seed=config.seed)
+        else:
+            pipe = load_stable_diffusion(config.init, device="cpu", precision="fp32")
         phase, state = ("vae", None) if latest is None else (latest[1]["phase"], latest[1])
         if latest is not None:
             logger.info("resuming from %s (%s step %d)", store.folder, phase, state["run"]["step"])
-        if phase == "vae":
+        if config.init is not None and phase == "vae":  # a fine-tune keeps its VAE (and the latent scaling)
+            phase, vae_record = "unet", {"steps": 0, "wall_s": 0.0, "history": [], "kept_from": config.init}
+        elif phase == "vae":
             vae_record = train_vae(pipe.vae, scenes.images, config, resume=state,
                                    save=None if store is None else lambda st: store.save(st["run"]["step"], {"phase": "vae", **st}),
                                    every=checkpoint_every)
@@ -479,11 +515,15 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
         vae_state = pipe.vae.state_dict()
 
         t1 = time.perf_counter()
-        mean, std = encode_posteriors(pipe.vae, scenes.images, config.encode_batch)
-        scale = latent_scaling_factor(mean, std)
-        pipe.vae.register_to_config(scaling_factor=scale)
+        posteriors = [encode_posteriors(pipe.vae, scenes_at_size(scenes.images, size), config.encode_batch)
+                      for size in config.input_sizes()]
+        if config.init is None:  # SD's recipe, on the first size's latents
+            pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posteriors[0]))
+        scale = float(pipe.vae.config.scaling_factor)
         encode_s = time.perf_counter() - t1
-        logger.info("encoded %d scenes in %.0fs; latent scaling factor %.4f", len(mean), encode_s, scale)
+        logger.info("encoded %d scenes at %s px in %.0fs; latent scaling factor %.4f", len(scenes.images),
+                    "/".join(map(str, config.input_sizes())), encode_s, scale)
+        mean, std = [m for m, _ in posteriors], [s for _, s in posteriors]
         labels = scenes.labels
         del scenes
 
@@ -497,6 +537,7 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
         pipe.text_encoder.load_state_dict(ema_text.state_dict())
         record = {
             "config": config.to_dict(),
+            "init": None if config.init is None else init_fingerprint(config.init),
             "data": data_fingerprint(config),
             "vae": {**vae_record, "scaling_factor": round(scale, 6)},
             "unet": {**unet_record, "weights": "ema"},
@@ -518,7 +559,7 @@ def train_sd(config: SDPretrainConfig, out_dir: str | os.PathLike[str], *, progr
 def run_key(config: SDPretrainConfig) -> str:
     """What a checkpoint must match to be resumed: the config, the tiny config's sizes and torch's version."""
     sizes = load_tiny_sd_config(config.tiny_config)
-    described = {"config": config.to_dict(),
+    described = {"config": config.to_dict(), "init": None if config.init is None else init_fingerprint(config.init),
                  "tiny_config": {f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)},
                  "torch": torch.__version__}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -549,7 +590,13 @@ def reproduce_command(record: dict, config: "SDPretrainConfig", *, out: Path | N
 
     return shlex.join(["python", "-m", "stages.pretrain_sd"]
                       + (["--out", str(out)] if out is not None else [])
-                      + ["--seed", str(config.seed), "--tiny-config", config.tiny_config,
-                         "--vae-steps", str(record["vae"]["steps"]), "--unet-steps", str(record["unet"]["steps"])]
+                      + (["--init", config.init] if config.init is not None else [])
+                      + [arg for size in config.image_sizes for arg in ("--image-size", str(size))]
+                      + ["--seed", str(config.seed), "--tiny-config", config.tiny_config]
+                      + (["--vae-steps", str(record["vae"]["steps"])] if config.init is None else [])
+                      + ["--unet-steps", str(record["unet"]["steps"])]
+                      + [arg for name in ("unet_batch", "unet_lr", "text_lr")
+                         if getattr(config, name) != getattr(SDPretrainConfig, name)
+                         for arg in (f"--{name.replace('_', '-')}", str(getattr(config, name)))]
                       + (["--scenes", str(scenes)] if scenes is not None else [])
                       + (["--single-scenes", str(single_scenes)] if single_scenes is not None else []))
