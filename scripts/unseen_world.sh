@@ -4,6 +4,8 @@
 #   bash scripts/unseen_world.sh [SEED] [VAL_IMAGES] [TRAIN_IMAGES]   (defaults 20261201, 200, 20; ~2 min on 2 cores)
 # With ROWS=0,2,3 it then runs those rows of scripts/cam_ablation.py on the world (train mIoU, background
 # chosen on its val), with the demo's TSA cache (artifacts/tsa_cache.h5: generated images, no world's).
+# PARAMS=FILE starts from another params file (default params.yaml), e.g. another tiny SD or its heads;
+# SET="cams.flip=true ..." passes --set overrides to the ablation rows.
 # Writes into ${OUT:-/tmp/diclip-unseen-SEED} and prints the metric JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +17,12 @@ mkdir -p "$out"
 py=.venv/bin/python
 diclip=.venv/bin/diclip
 # the demo's params with the dataset moved to the new world (its train split is only what prepare needs)
-"$py" - "$out" <<'PY'
+"$py" - "$out" "${PARAMS:-params.yaml}" <<'PY'
 import sys
 from pathlib import Path
 import yaml
 out = Path(sys.argv[1])
-params = yaml.safe_load(Path("params.yaml").read_text())
+params = yaml.safe_load(Path(sys.argv[2]).read_text())
 params["dataset"]["root"] = str(out / "shapes")
 params["diffusion_attention"]["eval_images"] = 10**6  # every val image
 (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -32,5 +34,5 @@ PY
 cat "$out/diffusion_attention.json"
 if [ -n "${ROWS:-}" ]; then
     "$py" scripts/cam_ablation.py --params "$out/params.yaml" --artifacts "$out" --tsa-cache artifacts/tsa_cache.h5 \
-        --rows "$ROWS" --out "$out/ablation"
+        --rows "$ROWS" --out "$out/ablation" $(for kv in ${SET:-}; do printf -- '--set %s ' "$kv"; done)
 fi
