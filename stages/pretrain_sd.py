@@ -74,8 +74,9 @@ def pretrain_sd_command(out: Path | None, seed: int, init: Path | None, image_si
     if minutes is not None:
         if not 0.0 < vae_share < 1.0:
             raise click.BadParameter("must lie in (0, 1)", param_hint="--vae-share")
-        unet_share = 1.0 if init is not None else 1.0 - vae_share  # a fine-tune trains no VAE
-        overrides.update(vae_minutes=minutes * (1.0 - unet_share) or None, unet_minutes=minutes * unet_share,
+        fine_tune = init is not None  # a fine-tune trains no VAE: the whole budget goes to the UNet
+        overrides.update(vae_minutes=None if fine_tune else minutes * vae_share,
+                         unet_minutes=minutes if fine_tune else minutes * (1.0 - vae_share),
                          vae_steps=10**9, unet_steps=10**9)
     if tiny_config is not None:
         overrides["tiny_config"] = tiny_config
