@@ -34,6 +34,8 @@ from pipeline.metrics import confusion, scores  # noqa: E402
 from pipeline.params import load_params, parse_params  # noqa: E402
 from pipeline.params.schema import to_plain  # noqa: E402
 from pipeline.store.dataset_index import DatasetIndex  # noqa: E402
+from pipeline.store.diffusion_maps import DiffusionMaps  # noqa: E402
+from pipeline.store.errors import StoreError  # noqa: E402
 from pipeline.store.image_store import ImageStore  # noqa: E402
 
 ROWS: list[tuple[str, dict]] = [
@@ -81,7 +83,6 @@ def oracle_store(out: Path, images, real_path: Path, *, correlation: bool, trans
     column of every row, float32) so that nothing is truncated. Only this script reads masks into a
     stage A store; the `cams` stage reads it like any other."""
     from pipeline.diffusion.oracle import oracle_clusters, oracle_transition
-    from pipeline.store.diffusion_maps import DiffusionMaps
     from pipeline.store.image_store import ArraySpec, ImageStore
 
     real = DiffusionMaps.open(real_path)
@@ -204,6 +205,12 @@ def main() -> None:
     train, tune = index.meta["train_split"], index.meta["eval_split"]
     images = index.images([train, tune])
     present = {i: r.astype(bool) for s in (train, tune) for i, r in zip(index.ids(s), index.labels(s))}
+    # the rows with VCE, RAR or an oracle store read stage A on both splits; the demo computes it on val only
+    try:
+        DiffusionMaps.open(args.artifacts / "diffusion.zarr").require_splits(
+            {s: index.ids(s) for s in (train, tune)}, "scripts/cam_ablation.py")
+    except StoreError as err:
+        sys.exit(f"error: {err}")
     results = []
 
     def box(image_id, shape):

@@ -25,6 +25,7 @@ out = Path(sys.argv[1])
 params = yaml.safe_load(Path(sys.argv[2]).read_text())
 params["dataset"]["root"] = str(out / "shapes")
 params["diffusion_attention"]["eval_images"] = 10**6  # every val image
+params["diffusion_attention"]["splits"] = []  # train too: the ablation rows read stage A on both splits
 (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 PY
 "$diclip" -q shapes generate --params "$out/params.yaml" --shapes "$out/shapes" --seed "$seed" --split "train=$train" --split "val=$val"

@@ -48,13 +48,18 @@ def body(ctx: StageContext) -> dict:
         cache = str(ctx.path(artifacts.TSA_CACHE))
         with H5Reader(cache) as reader:  # a clear message when the cache stage has not run
             cache_id = reader.attrs.get("fingerprint") or reader.attrs["key"]
+    splits = tuple(dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]]))
+    reads_stage_a = cfg.vce or cfg.rar  # else stage A's maps decide no byte of the CAMs (the demo: README, Stage A)
+    if reads_stage_a:
+        maps.require_splits({s: index.ids(s) for s in splits}, "cams.vce" if cfg.vce else "cams.rar")
     ctx.start_workers()  # inputs are good: the workers load torch and CLIP while this process does too
 
     from pipeline.tasks.clip_cams import CamTask, ClipCams
 
-    splits = tuple(dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]]))
     cams = ClipCams.from_params(ctx.params, index.class_names)
-    inputs = {"index": index.fingerprint, "diffusion": maps.store.fingerprint, "texts": cams.words_digest}
+    inputs = {"index": index.fingerprint, "texts": cams.words_digest}
+    if reads_stage_a:
+        inputs["diffusion"] = maps.store.fingerprint
     if cache_id:
         inputs["tsa_cache"] = cache_id
     stamp = ctx.stamp(exclude=EVAL_ONLY, inputs=inputs, clip_weights=cams.weights)
@@ -80,6 +85,7 @@ def cams_command(params_path: Path, paths: dict[str, Path]) -> None:
     random walk with stage A's P (`rar`, `rar_iterations`), then background = 1 - max (or
     `bg_threshold`), optional PAR (`par`) and an ignore band (`ignore_band`), argmax over the present
     classes. Writes artifacts/cams.zarr and artifacts/pseudo_labels/<id>.png; resumable like every
-    per-image stage.
+    per-image stage. Stage A's maps are read (and are part of the stage's key) only with `vce` or `rar`;
+    then stage A must hold every train and eval image (`diffusion_attention.splits`).
     """
     run_stage(SPEC, body, params_path=params_path, paths=paths)

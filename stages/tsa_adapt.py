@@ -51,6 +51,9 @@ def body(ctx: StageContext) -> tuple[dict, dict]:
         keys, values, cache_id = reader.dataset("keys"), reader.dataset("values"), reader.attrs.get("fingerprint")
     if cfg.hidden < len(keys):
         raise ParamsError(f"tsa_adapt.hidden {cfg.hidden} cannot hold the cache's {len(keys)} keys; raise it")
+    if ctx.params.cams.vce or ctx.params.cams.rar:
+        maps.require_splits({s: index.ids(s) for s in dict.fromkeys([index.meta["train_split"], index.meta["eval_split"]])},
+                            "cams.vce" if ctx.params.cams.vce else "cams.rar")
     ctx.start_workers()  # inputs are good: the workers load torch and CLIP while this process does too
 
     import numpy as np

@@ -364,3 +364,36 @@ def test_the_cams_stage_never_reads_a_mask(world, finished, tmp_path):
     np.testing.assert_array_equal(ImageStore.open(tmp_path / "cams.zarr").read("cams"), ImageStore.open(ref / "cams.zarr").read("cams"))
     for image_id in ImageStore.open(ref / "cams.zarr").ids():
         assert (tmp_path / "pseudo_labels" / f"{image_id}.png").read_bytes() == (ref / "pseudo_labels" / f"{image_id}.png").read_bytes()
+
+
+def test_cams_without_vce_or_rar_read_nothing_of_stage_a_and_with_them_refuse_a_val_only_store(world, tmp_path):
+    """The demo computes stage A on val only (`diffusion_attention.splits`): its CAMs read neither R nor P.
+    With VCE and RAR off the CAMs do not depend on stage A, so the store made against the full stage A is
+    reused whole against the val-only one; with VCE on, the val-only store is refused by name, before
+    anything is written."""
+    from pipeline.errors import UserError
+    from stages import diffusion_attention
+    from tests.test_diffusion_stage import TINY
+
+    val_only = tmp_path / "val_only.zarr"
+    run_stage(diffusion_attention.SPEC, diffusion_attention.body,
+              params=parse_params({"diffusion_attention": {**TINY, "eval_images": 0, "splits": ["val"]},
+                                   "runner": {"in_process": True},
+                                   "models": {"sd": {"model": str(world["root"] / "sd")}, "device": "cpu"}}),
+              paths={"index": world["index"], "diffusion": val_only, "diffusion_metric": tmp_path / "d.json",
+                     "diffusion_detail": tmp_path / "d_detail.json"})
+
+    def cams_from(diffusion: Path, out: Path, **cams):
+        return run_stage(stage.SPEC, stage.body, params=params(**cams),
+                         paths={"index": world["index"], "diffusion": diffusion, "cams": out / "cams.zarr",
+                                "pseudo_labels": out / "pseudo_labels"})
+
+    off = {"bg_threshold": 0.6, "vce": False, "rar": False}
+    _, first = cams_from(world["diffusion"], tmp_path / "off", **off)
+    _, again = cams_from(val_only, tmp_path / "off", **off)
+    assert (first.computed, again.computed, again.reused) == (N_TRAIN + N_VAL, 0, N_TRAIN + N_VAL)
+    for reader, cams in (("cams.vce", {"vce": True}), ("cams.rar", {"vce": False, "rar": True})):
+        with pytest.raises(UserError, match=rf"{reader} reads stage A's maps of split\(s\) \['train'\], but stage A was "
+                                            r"computed for \{'val': 6\} only; set diffusion_attention.splits to \[\]"):
+            cams_from(val_only, tmp_path / reader, bg_threshold=0.6, **cams)
+        assert not (tmp_path / reader).exists()

@@ -70,6 +70,16 @@ class DiffusionMaps:
         except KeyError:
             raise StoreError(f"{self.store.path}: image {image_id!r} is not in the store (splits: {self.attrs['splits']})") from None
 
+    def require_splits(self, splits_ids: dict[str, list[str]], reader: str) -> None:
+        """StoreError unless every image of `splits_ids` ({split: its image ids}) is stored: stage A may be
+        computed for some splits only (`diffusion_attention.splits`), and `reader` (the params key that
+        reads R or P, e.g. `cams.vce`) needs them all."""
+        missing = [split for split, ids in splits_ids.items() if any(i not in self._rows for i in ids)]
+        if missing:
+            raise StoreError(f"{self.store.path}: {reader} reads stage A's maps of split(s) {missing}, but stage A was "
+                             f"computed for {self.attrs.get('splits')} only; set diffusion_attention.splits to [] "
+                             f"(the train and eval splits) and rerun stage A (`dvc repro diffusion_attention`)")
+
     def clusters(self, image_id: str) -> tuple[np.ndarray, int]:
         """(cluster ids (g, g) int64, K) of one image."""
         i = self.row(image_id)
