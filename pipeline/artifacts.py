@@ -72,6 +72,9 @@ TSA_PICTURE = Artifact("tsa_picture", "artifacts/tsa_cache.png", "per class, gen
 TSA_METRIC = _metric("tsa_metric", "tsa_cache", "patch accuracy of the cache's keys and of the texts alone on real scenes")
 TSA_DETAIL = _detail("tsa_detail", "tsa_cache", "the same per configuration and per class; keys, empty masks, draws")
 
+TSA_FEATURES = Artifact("tsa_features", "artifacts/tsa_features.zarr",
+                        "round 2's training set: each train image's patch features and round-1 label (kept across reruns "
+                        "for resuming; not a DVC output, never pushed)", layouts=("IMAGE_STORE",), role="untracked")
 TSA_ADAPTER = Artifact("tsa_adapter", "artifacts/tsa_adapter.safetensors", "the key/value adapter trained on round-1 pseudo-labels")
 CAMS_ROUND2 = Artifact("cams_round2", "artifacts/cams_round2.zarr", "round-2 CAMs, made with the adapted cache (zarr)",
                        layouts=("IMAGE_STORE",), persist=True)
@@ -107,6 +110,6 @@ def submission_folder(predictions: str | Path, split: str) -> Path:
 
 ALL: tuple[Artifact, ...] = (
     SHAPES, INDEX, DIFFUSION, DIFFUSION_METRIC, DIFFUSION_DETAIL, TSA_CACHE, TSA_PICTURE, TSA_METRIC, TSA_DETAIL, CAMS,
-    PSEUDO_LABELS, CAMS_METRIC, CAMS_DETAIL, TSA_ADAPTER, CAMS_ROUND2, PSEUDO_LABELS_ROUND2, TSA_ADAPT_METRIC,
+    PSEUDO_LABELS, CAMS_METRIC, CAMS_DETAIL, TSA_FEATURES, TSA_ADAPTER, CAMS_ROUND2, PSEUDO_LABELS_ROUND2, TSA_ADAPT_METRIC,
     TSA_ADAPT_DETAIL, SEGMENTER, TRAIN_CHECKPOINTS, TRAIN_LIVE, EVALUATION, PREDICTIONS, SEG_METRIC, SEG_DETAIL, REPORT,
 )

@@ -7,6 +7,8 @@ of; then every image's CAMs are made again with minmax(cache_weight * ReLU(adapt
 place of the static cache, through the cams stage's own task, into round-2 outputs:
 
 ```
+artifacts/tsa_features.zarr         the adapter's training set, per train image (pipeline/store/patch_features.py;
+                                    working state: kept for resuming, never pushed)
 artifacts/tsa_adapter.safetensors   key.weight (H, E), value.weight (C + 1, H)
 artifacts/cams_round2.zarr          as artifacts/cams.zarr
 artifacts/pseudo_labels_round2/     as artifacts/pseudo_labels/
@@ -30,7 +32,7 @@ SPEC = StageSpec(
     name="tsa_adapt", module=__name__, command="tsa-adapt",
     params=("tsa_adapt", "cams", "models.clip", "models.device", "models.precision"),
     inputs=(artifacts.INDEX, artifacts.DIFFUSION, artifacts.TSA_CACHE, artifacts.CAMS, artifacts.PSEUDO_LABELS),
-    outputs=(artifacts.TSA_ADAPTER, artifacts.CAMS_ROUND2, artifacts.PSEUDO_LABELS_ROUND2, artifacts.TSA_ADAPT_METRIC,
+    outputs=(artifacts.TSA_FEATURES, artifacts.TSA_ADAPTER, artifacts.CAMS_ROUND2, artifacts.PSEUDO_LABELS_ROUND2, artifacts.TSA_ADAPT_METRIC,
              artifacts.TSA_ADAPT_DETAIL),
     worker_imports=("pipeline.models", "pipeline.cam.pseudo_labels", "pipeline.store.diffusion_maps", "pipeline.tsa.adapter"),
 )
@@ -61,18 +63,25 @@ def body(ctx: StageContext) -> tuple[dict, dict]:
     from safetensors.torch import save_file
 
     from pipeline import atomic
+    from pipeline.models.clip import clip_patch_size
+    from pipeline.store.patch_features import StoredPatches
     from pipeline.tasks.clip_cams import CamTask, ClipCams, FeatureTask
     from pipeline.tasks.label_scores import cams_metric
     from pipeline.tsa.adapter import fit_adapter
 
     cams = ClipCams.from_params(ctx.params, index.class_names)
-    train = index.ids(index.meta["train_split"])
-    chunks = [tuple(train[i:i + 100]) for i in range(0, len(train), 100)]
-    task = FeatureTask(cams, str(index.path), str(ctx.path(artifacts.DIFFUSION)), str(ctx.path(artifacts.PSEUDO_LABELS)))
-    parts = ctx.runner.map(task, chunks, desc="tsa_adapt features", unit="img", weights=[len(c) for c in chunks])
-    features = torch.from_numpy(np.concatenate([p[0] for p in parts])).float()
-    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-    adapter, losses = fit_adapter(torch.from_numpy(keys), torch.from_numpy(values), features, labels, cfg)
+    train_split = index.meta["train_split"]
+    train = index.ids(train_split)
+    # the training set, stored per image (resumable; the adapter's own params never recompute it)
+    features_stamp = ctx.stamp(exclude=("tsa_adapt",), inputs={"index": index.fingerprint, "round1": round1.fingerprint,
+                                                              "texts": cams.words_digest}, clip_weights=cams.weights)
+    task = FeatureTask(cams, str(index.path), str(ctx.path(artifacts.DIFFUSION)), str(ctx.path(artifacts.PSEUDO_LABELS)),
+                       train_split)
+    grid = cams.config.clip_size // clip_patch_size(cams.model)
+    features, _ = ctx.images(task, ctx.path(artifacts.TSA_FEATURES), ids=train, specs=task.specs(grid, keys.shape[1]),
+                             key=features_stamp["fingerprint"], attrs={**features_stamp, "grid": grid},
+                             shard_images=ctx.params.cams.shard_images, desc="tsa_adapt features")
+    adapter, losses = fit_adapter(torch.from_numpy(keys), torch.from_numpy(values), StoredPatches(features), cfg)
     weights = ctx.path(artifacts.TSA_ADAPTER)
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
     atomic.write_with(weights, lambda tmp: save_file(state, str(tmp)))

@@ -85,7 +85,7 @@ def test_the_adapter_at_initialisation_reproduces_the_static_key_scores():
 
 
 def test_adapter_training_learns_planted_labels_and_is_seeded():
-    from pipeline.tsa.adapter import AdaptedCache, KVAdapter, balanced_cross_entropy, train_adapter, warmup_poly
+    from pipeline.tsa.adapter import AdaptedCache, KVAdapter, TensorPatches, balanced_cross_entropy, train_adapter, warmup_poly
     from pipeline.tsa.config import AdapterConfig
 
     g, E, S = 4, 8, 8
@@ -100,7 +100,7 @@ def test_adapter_training_learns_planted_labels_and_is_seeded():
 
     def trained():
         adapter = KVAdapter(keys, values, config.hidden, dropout=config.dropout, seed=config.seed)
-        return adapter, train_adapter(adapter, features, labels, g, config)
+        return adapter, train_adapter(adapter, TensorPatches(features, labels), config)
 
     adapter, losses = trained()
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
@@ -115,3 +115,37 @@ def test_adapter_training_learns_planted_labels_and_is_seeded():
     logits[0, 0] = 10.0  # confident background everywhere
     loss = balanced_cross_entropy(logits, torch.tensor([[[0, 0], [2, 255]]]))
     assert loss == pytest.approx(0.5 * 0 + 0.5 * 10.0, abs=1e-3)
+
+
+def test_an_adapter_trained_from_a_features_store_is_the_one_trained_in_memory(tmp_path):
+    """Round 2 reads its training set from a per-image store a batch at a time (memory that does not grow
+    with the train split): the same float16 features and labels give the same losses and weights."""
+    from pipeline.store.image_store import ImageStore
+    from pipeline.store.patch_features import StoredPatches, patch_specs
+    from pipeline.tsa.adapter import TensorPatches, fit_adapter
+    from pipeline.tsa.config import AdapterConfig
+
+    g, E, S, N = 4, 8, 8, 24
+    gen = torch.Generator().manual_seed(1)
+    features = F.normalize(torch.randn(N, g * g, E, generator=gen), dim=-1).half()
+    labels = torch.randint(0, 3, (N, S, S), generator=gen, dtype=torch.uint8)
+    labels[:, 0, 0] = 255
+    ids = [f"train_{i:03d}" for i in range(N)]
+    store = ImageStore.create_or_resume(tmp_path / "f.zarr", ids=ids, specs=patch_specs(g, E, S), key="k", attrs={},
+                                        shard_images=5)
+    for i in range(N):
+        store.stage_image(i, {"features": features[i].numpy(), "labels": labels[i].numpy()}, bytes(32))
+    for block in store.blocks():
+        store.pack_block(block)
+    store.mark_complete()
+    stored = StoredPatches(ImageStore.open(tmp_path / "f.zarr"))
+    assert (len(stored), stored.grid) == (N, g)
+    rows = torch.tensor([5, 0, 23, 5])
+    for a, b in zip(stored.take(rows), TensorPatches(features, labels).take(rows)):
+        assert torch.equal(a, b)
+    config = AdapterConfig(hidden=8, iterations=20, batch=4, lr=0.05, warmup=5, seed=2)
+    keys, values = torch.randn(3, E, generator=gen), torch.eye(3)
+    (mem, mem_losses), (disk, disk_losses) = (fit_adapter(keys, values, data, config)
+                                              for data in (TensorPatches(features, labels), stored))
+    assert mem_losses == disk_losses
+    assert all(torch.equal(a, b) for a, b in zip(mem.parameters(), disk.parameters()))

@@ -20,7 +20,7 @@ from pipeline.params import parse_params
 from pipeline.skeleton import run_stage
 from stages import tsa_cache as stage
 from tests.kill_run import run_killed_after
-from tests.test_cams_stage import CAMS, world  # noqa: F401  (the module-scoped world fixture)
+from tests.test_cams_stage import CAMS, N_TRAIN, N_VAL, world  # noqa: F401  (the module-scoped world fixture)
 from tests.test_diffusion_stage import TINY
 
 TSA = {"images_per_class": 2, "template": "a photo of a {}.", "prompt_names_file": None, "steps": 3,
@@ -157,14 +157,22 @@ def test_tsa_adapt_trains_the_adapter_on_round_one_and_writes_round_two(world, f
     p = parse_params({"cams": cam_params, "models": {"device": "cpu"}, "runner": {"in_process": True},
                       "tsa_adapt": {"hidden": 40, "iterations": 30, "warmup": 5}})
     paths = {"index": world["index"], "diffusion": world["diffusion"], "tsa_cache": out / "tsa_cache.h5",
-             "cams": tmp_path / "cams.zarr", "pseudo_labels": tmp_path / "pl"}
+             "cams": tmp_path / "cams.zarr", "pseudo_labels": tmp_path / "pl", "tsa_features": tmp_path / "features.zarr"}
     run_stage(cams.SPEC, cams.body, params=p, paths=paths)
-    metrics = []
-    for n in (1, 2):
+    metrics, summaries = [], []
+    for n, iterations in ((1, 30), (2, 30), (3, 20)):
         paths.update(tsa_adapter=tmp_path / f"a{n}.safetensors", cams_round2=tmp_path / f"r{n}.zarr",
                      pseudo_labels_round2=tmp_path / f"pl{n}", tsa_adapt_metric=tmp_path / f"m{n}.json",
                      tsa_adapt_detail=tmp_path / f"d{n}.json")
-        metrics.append(run_stage(tsa_adapt.SPEC, tsa_adapt.body, params=p, paths=paths)[0][1])
+        pn = parse_params({"cams": cam_params, "models": {"device": "cpu"}, "runner": {"in_process": True},
+                           "tsa_adapt": {"hidden": 40, "iterations": iterations, "warmup": 5}})
+        (_, metric), summary = run_stage(tsa_adapt.SPEC, tsa_adapt.body, params=pn, paths=paths)
+        metrics.append(metric)
+        summaries.append(summary)
+    # the training set is stored once: a rerun, or one with other adapter params, reads it back
+    assert [(s.computed, s.reused) for s in summaries] == [(2 * N_TRAIN + N_VAL, 0), (N_TRAIN + N_VAL, N_TRAIN),
+                                                           (N_TRAIN + N_VAL, N_TRAIN)]
+    assert metrics[2]["adapter"]["iterations"] == 20 and metrics[2] != metrics[0]
     a, b = load_file(tmp_path / "a1.safetensors"), load_file(tmp_path / "a2.safetensors")
     with H5Reader(out / "tsa_cache.h5") as reader:
         keys = reader.dataset("keys")

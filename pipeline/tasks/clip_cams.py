@@ -253,13 +253,21 @@ class ImageGroups:
 
 @dataclass(frozen=True)
 class FeatureTask:
-    """Runner item task: the patch features (the base scale's surgery tokens with R, as the cache's keys
-    are made) of a chunk of train images, and their round-1 pseudo-labels at the CLIP input size."""
+    """Runner task: per train image, its patch features (the base scale's surgery tokens with R, as the
+    cache's keys are made) and its round-1 pseudo-label at the CLIP input size: the adapter's training
+    set, stored per image (pipeline.store.patch_features) so that no process holds the whole split."""
 
     cams: ClipCams
     index: str
     diffusion: str
     labels: str  # the round-1 pseudo-label folder
+    split: str  # the index's train split
+
+    def specs(self, grid: int, dim: int) -> list:
+        """The arrays one image gives (layout: pipeline/store/patch_features.py)."""
+        from pipeline.store.patch_features import patch_specs
+
+        return patch_specs(grid, dim, self.cams.config.clip_size)
 
     def build(self):
         import numpy as np
@@ -272,9 +280,8 @@ class FeatureTask:
         clip, text = self.cams.load()
         fn = self.cams.image_cams(clip, text)
         index = DatasetIndex.load(self.index)
-        split = (index.meta["train_split"],)
-        images, maps, labels = index.images(split), DiffusionMaps.open(self.diffusion), FileSpec("label", self.labels)
-        groups = ImageGroups(index.ids_of(split), self.cams.config.batch_images)
+        images, maps, labels = index.images([self.split]), DiffusionMaps.open(self.diffusion), FileSpec("label", self.labels)
+        groups = ImageGroups(index.ids(self.split), self.cams.config.batch_images)
         size, vce = self.cams.config.clip_size, self.cams.config.vce
 
         def features(group: list[str]) -> list:
@@ -282,9 +289,13 @@ class FeatureTask:
 
         one = groups.serve(features)
 
-        def chunk(ids: tuple[str, ...]):
-            feats = [one(i).astype(np.float16) for i in ids]
-            small = [np.asarray(Image.fromarray(labels.read(i)).resize((size, size), Image.NEAREST), dtype=np.uint8) for i in ids]
-            return np.stack(feats), np.stack(small)
+        def image(image_id: str) -> dict:
+            small = Image.fromarray(labels.read(image_id)).resize((size, size), Image.NEAREST)
+            return {"features": one(image_id).astype(np.float16), "labels": np.asarray(small, dtype=np.uint8)}
 
-        return chunk
+        return image
+
+    def input_digest(self, image_id: str) -> bytes:
+        from pipeline.store.dataset_index import image_digests
+
+        return image_digests(self.index, (self.split,))[image_id]

@@ -8,6 +8,8 @@ cache's key scores, and its logits are those scores gathered through the one-hot
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -67,24 +69,48 @@ def warmup_poly(step: int, total: int, warmup: int, *, start_ratio: float = 1e-6
     return (1 - (step - warmup) / max(1, total - warmup)) ** power
 
 
-def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tensor, grid: int,
-                  config: AdapterConfig) -> list[float]:
-    """Train `adapter` alone on images' patch features (N, g*g, E) against their pseudo-labels (N, S, S)
-    (0 background, c + 1, 255 ignored): logits on the g x g grid, bilinear to S, balanced CE; AdamW
-    with warmup and poly decay; batches drawn with a generator seeded by `config.seed`. Returns the losses."""
+class PatchSet(Protocol):
+    """The adapter's training set: images' patch features on a g x g grid and their pseudo-labels."""
+
+    grid: int
+
+    def __len__(self) -> int: ...
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, g*g, E) float32, labels (B, S, S): 0 background, c + 1, 255 ignored) of `rows`."""
+        ...
+
+
+class TensorPatches:
+    """A PatchSet held in memory (tests, small sets); a stage reads pipeline.store.patch_features instead."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+        self.grid = square_side(features.shape[1], "patch features")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[rows].float(), self.labels[rows]
+
+
+def train_adapter(adapter: KVAdapter, data: PatchSet, config: AdapterConfig) -> list[float]:
+    """Train `adapter` alone on `data`'s patch features against their pseudo-labels: logits on the g x g
+    grid, bilinear to the label size, balanced CE; AdamW with warmup and poly decay; batches drawn with
+    a generator seeded by `config.seed`, read from `data` one batch at a time. Returns the losses."""
     torch.manual_seed(config.seed)  # dropout
     generator = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_poly(s, config.iterations, config.warmup))
     adapter.train()
     losses = []
-    size = labels.shape[-1]
-    batch = config.batch
+    batch, grid = config.batch, data.grid
     for _ in range(config.iterations):
-        idx = torch.randint(len(features), (batch,), generator=generator)
-        logits = adapter(features[idx]).transpose(1, 2).reshape(batch, -1, grid, grid)
-        logits = torch.nn.functional.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-        loss = balanced_cross_entropy(logits, labels[idx])
+        features, labels = data.take(torch.randint(len(data), (batch,), generator=generator))
+        logits = adapter(features).transpose(1, 2).reshape(batch, -1, grid, grid)
+        logits = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = balanced_cross_entropy(logits, labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -94,17 +120,16 @@ def train_adapter(adapter: KVAdapter, features: torch.Tensor, labels: torch.Tens
     return losses
 
 
-def fit_adapter(keys: torch.Tensor, values: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+def fit_adapter(keys: torch.Tensor, values: torch.Tensor, data: PatchSet,
                 config: AdapterConfig) -> tuple[KVAdapter, list[float]]:
-    """The adapter initialised from the cache's keys and values, trained on (features (N, g*g, E), labels
-    (N, S, S)) with one torch thread, so the same weights come out on any machine and runner (the
-    adapter is small). Returns (adapter in eval mode, losses)."""
+    """The adapter initialised from the cache's keys and values, trained on `data` with one torch thread,
+    so the same weights come out on any machine and runner (the adapter is small). Returns (adapter in
+    eval mode, losses)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         adapter = KVAdapter(keys, values, config.hidden, dropout=config.dropout, seed=config.seed)
-        grid = square_side(features.shape[1], "patch features")
-        return adapter, train_adapter(adapter, features, labels, grid, config)
+        return adapter, train_adapter(adapter, data, config)
     finally:
         torch.set_num_threads(threads)
 
