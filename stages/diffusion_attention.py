@@ -41,7 +41,7 @@ def body(ctx: StageContext) -> dict:
     extra = {"timestep": p.config.timestep, "image_size": p.config.image_size, "weights": weights, "splits": list(splits)}
     key = ctx.stamp(exclude=EVAL_ONLY, **extra)  # the resume key: per-image index digests cover the images
     stamp = ctx.stamp(exclude=EVAL_ONLY, inputs={"index": index.fingerprint}, **extra)
-    task = MapsTask(p, models.sd.model, models.device, models.precision, str(index.path), splits)
+    task = MapsTask(p, models.sd.model, models.device, models.precision, str(index.path), splits, cfg.batch_images)
     attrs = {**stamp, **task.attrs(weights), "splits": {s: len(index.ids(s)) for s in splits},
              "index_fingerprint": index.fingerprint}
     store, _ = ctx.images(task, ctx.path(artifacts.DIFFUSION), ids=index.ids_of(splits), specs=task.specs(),

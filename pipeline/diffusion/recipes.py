@@ -79,44 +79,63 @@ class StageAMaps:
     def latents(self, image: np.ndarray, image_id: str, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, l, l) latent of the image at the timestep; with add_noise, noised with `noise` or else
         with noise drawn from the image's own seed (noise_seed, image id)."""
+        return self.batch_latents([image], [image_id], noise)
+
+    def batch_latents(self, images: list[np.ndarray], image_ids: list[str], noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, l, l) latents of the images, one VAE encode for the group; noise as :meth:`latents`, per image."""
         f = self.config
-        latents = encode_latents(self.pipe.vae, sd_pixels(image, f.image_size, f.resize))
+        latents = encode_latents(self.pipe.vae, torch.cat([sd_pixels(image, f.image_size, f.resize) for image in images]))
         if f.add_noise:
             if noise is None:
-                noise = seeded_noise(latents.shape[1:], [image_noise_seed(f.noise_seed, image_id)])
+                noise = seeded_noise(latents.shape[1:], [image_noise_seed(f.noise_seed, i) for i in image_ids])
             latents = add_noise(latents, f.timestep, noise, self.alphas_cumprod)
         return latents
 
     def __call__(self, image: np.ndarray, image_id: str) -> dict[str, np.ndarray]:
         return self.maps(self.latents(image, image_id))
 
-    @torch.no_grad()
+    def batch(self, images: list[np.ndarray], image_ids: list[str]) -> list[dict[str, np.ndarray]]:
+        """Each image's arrays with one VAE encode and one UNet forward for the group (`batch_images`;
+        more pays on a GPU). Batched float arithmetic may differ in the last bits from one image at a time,
+        so groups are fixed by position in the store (pipeline.tasks.groups), never by the runner."""
+        return self.batch_maps(self.batch_latents(images, image_ids))
+
     def maps(self, latents: torch.Tensor) -> dict[str, np.ndarray]:
         """The stored arrays from one noised latent (1, C, l, l): one UNet pass and the recipe."""
+        return self.batch_maps(latents)[0]
+
+    @torch.no_grad()
+    def batch_maps(self, latents: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """The stored arrays of each of (B, C, l, l) noised latents: one UNet pass, then the recipe per image."""
         taps = [LayerTap(self.transition.layer, self.transition.heads)] if self.transition else []
         cfg = self.config
+        outs = []
         if cfg.recipe == "diclip":
             corr = LayerTap(cfg.diclip.layer, cfg.diclip.heads)
             captured = capture_layers(self.unet, latents, self.text, cfg.timestep, [corr, *taps])
             c = captured[corr.path]
-            a = layer_correlation(c.query[0], c.key[0], (square_side(c.tokens, 'attention tokens'),) * 2, self.grid, cfg.diclip.threshold)
-            ids, k = kl_assign(a, self.grid, anchor_stride=cfg.diclip.anchor_stride, rounds=cfg.diclip.rounds,
-                               precision=cfg.diclip.kl_precision)
+            side = (square_side(c.tokens, 'attention tokens'),) * 2
+            for b in range(latents.shape[0]):
+                a = layer_correlation(c.query[b], c.key[b], side, self.grid, cfg.diclip.threshold)
+                ids, k = kl_assign(a, self.grid, anchor_stride=cfg.diclip.anchor_stride, rounds=cfg.diclip.rounds,
+                                   precision=cfg.diclip.kl_precision)
+                outs.append(self._cluster_outputs(a, ids, k))
         else:
             captured = {}
             attention = capture_self_attention(
                 self.unet, latents, self.text, cfg.timestep, grid=self.cluster_grid, noise_seed=None,
-                block_bytes=self.block_bytes, taps=taps, sink=captured)  # (1, G^2, G^2), latents already noised
+                block_bytes=self.block_bytes, taps=taps, sink=captured)  # (B, G^2, G^2), latents already noised
             G = self.cluster_grid
-            result = acr(attention[0].cpu().numpy(), G, cfg.acr, threads=self.threads)
-            soft = resize_grids(torch.from_numpy(result.soft).float(), (self.grid, self.grid))  # (K, g, g)
-            ids = torch.unique(soft.argmax(0).reshape(-1), return_inverse=True)[1]
-            k = int(ids.max()) + 1
-            a = resample_attention(attention, (G, G), self.grid)[0]
-        out = self._cluster_outputs(a, ids, k)
+            for b in range(latents.shape[0]):
+                result = acr(attention[b].cpu().numpy(), G, cfg.acr, threads=self.threads)
+                soft = resize_grids(torch.from_numpy(result.soft).float(), (self.grid, self.grid))  # (K, g, g)
+                ids = torch.unique(soft.argmax(0).reshape(-1), return_inverse=True)[1]
+                a = resample_attention(attention[b:b + 1], (G, G), self.grid)[0]
+                outs.append(self._cluster_outputs(a, ids, int(ids.max()) + 1))
         if self.transition:
-            out.update(self._transition_outputs(captured[self.transition.layer]))
-        return out
+            for b, out in enumerate(outs):
+                out.update(self._transition_outputs(captured[self.transition.layer], b))
+        return outs
 
     def _cluster_outputs(self, a: torch.Tensor, ids: torch.Tensor, k: int) -> dict[str, np.ndarray]:
         g = self.grid
@@ -124,8 +143,8 @@ class StageAMaps:
         rows[:k] = cluster_rows(a.float(), ids, k).cpu().numpy()
         return {"clusters": ids.reshape(g, g).cpu().numpy().astype(np.uint8), "k": np.int32(k), "rows": rows}
 
-    def _transition_outputs(self, c) -> dict[str, np.ndarray]:
-        p = sharpen_transition(head_probabilities(c.query[0], c.key[0], c.scale), self.transition.sharpen)
+    def _transition_outputs(self, c, b: int) -> dict[str, np.ndarray]:
+        p = sharpen_transition(head_probabilities(c.query[b], c.key[b], c.scale), self.transition.sharpen)
         sparse = top_k_rows(p.cpu(), self.transition.topk)
         return {
             "transition_values": sparse.values.numpy().astype(self.transition.store_dtype),

@@ -136,6 +136,7 @@ class DiffusionAttentionParams(StageAConfig):
     """
 
     shard_images: int = SHARD_IMAGES
+    batch_images: int = 1  # images per VAE encode and UNet forward (groups fixed by position, so results never depend on workers); more pays on a GPU
     splits: tuple[str, ...] = ()  # splits to compute; empty: the index's train and eval splits
     eval_split: str | None = None  # split of the metric (best-match IoU with masks); null: the index's eval split (parameters were chosen on train)
     eval_images: int = 200  # images of eval_split scored (the first ones in split order); 0: no metric
@@ -144,8 +145,9 @@ class DiffusionAttentionParams(StageAConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.shard_images < 1:
-            raise ValueError(f"shard_images must be >= 1, got {self.shard_images}")
+        for name in ("shard_images", "batch_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for split in self.splits:
             if not split:
                 raise ValueError("splits must not contain an empty split name")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ParamsError
+from pipeline.tasks.groups import ImageGroups
 
 
 def read_words(path: str, key: str) -> list[str]:
@@ -221,34 +222,6 @@ class CamTask:
                 "class_names": list(index.class_names), "prompts": list(self.cams.texts),
                 "splits": {s: len(index.ids(s)) for s in self.splits}, "index_fingerprint": index.fingerprint,
                 "label_rule": self.cams.label_rule().to_attrs()}
-
-
-class ImageGroups:
-    """Images computed in fixed groups of `size` by position in `order`, served one id at a time.
-
-    Groups are fixed by position (not by the runner's chunks), so a result never depends on worker
-    counts or on which images a resumed run had left; the rest of the last group waits here until
-    the runner asks for it."""
-
-    def __init__(self, order: list[str], size: int) -> None:
-        self.order, self.size = order, size
-        self.position = {image_id: n for n, image_id in enumerate(order)}
-
-    def group(self, image_id: str) -> list[str]:
-        start = self.position[image_id] // self.size * self.size
-        return self.order[start:start + self.size]
-
-    def serve(self, compute):
-        done: dict[str, Any] = {}
-
-        def one(image_id: str):
-            if image_id not in done:
-                group = self.group(image_id)
-                done.clear()
-                done.update(zip(group, compute(group)))
-            return done.pop(image_id)
-
-        return one
 
 
 @dataclass(frozen=True)

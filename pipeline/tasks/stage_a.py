@@ -17,6 +17,7 @@ class MapsTask:
     precision: str
     index: str
     splits: tuple[str, ...]
+    batch_images: int = 1  # images per VAE encode and UNet forward (groups fixed by position in the store)
 
     def specs(self) -> list:
         """The arrays one image gives (layout: pipeline/store/diffusion_maps.py)."""
@@ -49,9 +50,13 @@ class MapsTask:
         from pipeline.models import load_stable_diffusion
         from pipeline.store.dataset_index import DatasetIndex
 
-        images = DatasetIndex.load(self.index).images(self.splits)
+        from pipeline.tasks.groups import ImageGroups
+
+        index = DatasetIndex.load(self.index)
+        images = index.images(self.splits)
         fn = self.plan.maps(load_stable_diffusion(self.model, device=self.device, precision=self.precision))
-        return lambda image_id: fn(images.load_image(image_id), image_id)
+        groups = ImageGroups(index.ids_of(self.splits), self.batch_images)
+        return groups.serve(lambda group: fn.batch([images.load_image(i) for i in group], group))
 
     def input_digest(self, image_id: str) -> bytes:
         from pipeline.store.dataset_index import image_digests
