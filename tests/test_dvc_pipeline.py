@@ -149,7 +149,7 @@ def test_plumbing_edits_leave_stage_a_clean_and_reused_and_its_params_and_algori
     nothing; an edit to its algorithm code reruns it on every image."""
     repo = copy_repo(tmp_path / "repo")
     edit_params(repo, lambda p: (p["shapes"].update(splits={"train": 8, "val": 4}),
-                                 p["diffusion_attention"].update(eval_images=0), p["runner"].update(in_process=True)))
+                                 p["diffusion_attention"].update(eval_images=0, splits=[]), p["runner"].update(in_process=True)))
     commit(repo)
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == {"shapes_world", "prepare", "diffusion_attention"}
     assert ran(run(["dvc", "repro", "diffusion_attention"], repo)) == set()

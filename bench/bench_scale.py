@@ -1,0 +1,142 @@
+"""Scale: the demo pipeline on shapes worlds of growing size; each stage's peak memory and time per image.
+
+    python bench/bench_scale.py [--sizes 2500,10000,20000] [--out /tmp/diclip-scale] [--stages cams,tsa_adapt]
+
+Per size N (80% train, 20% val; the demo's params.yaml otherwise, with the tiny models): every stage of
+the pipeline, tsa_adapt included, run as its `diclip` command in a fresh process, the way `dvc repro`
+runs it. Per stage it records the wall time and the peak resident memory: the largest of the stage's
+driver and its runner's worker processes (getrusage(RUSAGE_CHILDREN) of a wrapper that waits for the
+stage, which covers every descendant reaped below it). Each size runs in its own folder OUT/N with the
+artifacts at their default paths there and the params' file paths made absolute. It prints, per stage, the seconds, the seconds
+per image it processes (the images that grow with N: all for prepare, cams, eval_cams and tsa_adapt,
+the computed splits for stage A, val for evaluate; none for tsa_cache, train and report, whose work is
+fixed), the peak memory, and the ratios of the largest size to the smallest. Issue 25's goals: peak
+memory within 1.2x and time per image within 1.2x from the smallest size to the largest. By default a
+size's largest stores are deleted once it is measured (`--keep` leaves them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ORDER = ("shapes_world", "prepare", "diffusion_attention", "tsa_cache", "cams", "eval_cams", "tsa_adapt", "train",
+         "evaluate", "report")
+WRAPPER = ("import resource, subprocess, sys, json\n"
+           "rc = subprocess.run(sys.argv[1:]).returncode\n"
+           "print(json.dumps({'rc': rc, 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
+
+
+def stage_commands() -> dict[str, list[str]]:
+    """{stage: its `diclip` subcommand words}, as dvc.yaml runs them."""
+    import yaml
+
+    return {name: entry["cmd"].split()[1:] for name, entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
+
+
+def portable(value, root: Path):
+    """params with every value naming a file of the checkout made absolute (the stages run elsewhere)."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and value and not value.startswith("/") and (root / value).exists():
+        return str(root / value)
+    return value
+
+
+def images_of(name: str, sizes: dict[str, int], stage_a_splits: list[str]) -> int:
+    """How many images of the world the stage's work grows with (0: fixed work)."""
+    total = sum(sizes.values())
+    return {"shapes_world": total, "prepare": total, "diffusion_attention": sum(sizes[s] for s in stage_a_splits),
+            "cams": total, "eval_cams": total, "tsa_adapt": total, "evaluate": sizes["val"]}.get(name, 0)
+
+
+def run_size(n: int, out: Path, stages: tuple[str, ...], seed: int) -> list[dict]:
+    import yaml
+
+    folder = out / str(n)
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {"train": n * 4 // 5, "val": n - n * 4 // 5}
+    params = portable(yaml.safe_load((ROOT / "params.yaml").read_text()), ROOT)
+    params["dataset"]["root"] = "artifacts/shapes"
+    params["shapes"]["splits"] = sizes
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (folder / "docs").exists():
+        (folder / "docs").symlink_to(ROOT / "docs")  # the report's ablation table
+    stage_a_splits = list(params["diffusion_attention"]["splits"] or ["train", "val"])
+    commands = stage_commands()
+    rows = []
+    for name in ORDER:
+        if name not in stages:
+            continue
+        cmd = [str(ROOT / ".venv" / "bin" / "diclip"), "-q", *commands[name]]  # every artifact at its default path
+        if name == "shapes_world":
+            cmd += ["--seed", str(seed)]
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=folder, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if result["rc"] != 0:
+            raise SystemExit(f"{name} at N = {n} failed:\n{proc.stderr[-3000:]}")
+        images = images_of(name, sizes, stage_a_splits)
+        rows.append({"n": n, "stage": name, "seconds": round(wall, 1), "images": images,
+                     "s_per_image": wall / images if images else None, "peak_mib": result["maxrss_kib"] / 1024})
+        print(f"N={n:6d} {name:20s} {wall:8.1f} s  peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
+    return rows
+
+
+def table(rows: list[dict], sizes: list[int]) -> str:
+    lo, hi = min(sizes), max(sizes)
+    head = " | ".join(f"N={n}: s (s/img), peak MiB" for n in sizes)
+    lines = [f"| stage | {head} | time per image {hi}/{lo} | peak {hi}/{lo} |", "|---" * (len(sizes) + 3) + "|"]
+    for stage in ORDER:
+        by_n = {r["n"]: r for r in rows if r["stage"] == stage}
+        if not by_n:
+            continue
+        cells = []
+        for n in sizes:
+            r = by_n.get(n)
+            cells.append("" if r is None else f"{r['seconds']:.1f}" + (f" ({r['s_per_image'] * 1000:.1f} ms)" if r["s_per_image"] else "")
+                         + f", {r['peak_mib']:.0f}")
+        a, b = by_n.get(lo), by_n.get(hi)
+        time_ratio = (f"{b['s_per_image'] / a['s_per_image']:.2f}" if a and b and a["s_per_image"] else
+                      f"{b['seconds'] / a['seconds']:.2f} (fixed work)" if a and b else "")
+        peak_ratio = f"{b['peak_mib'] / a['peak_mib']:.2f}" if a and b else ""
+        lines.append(f"| {stage} | {' | '.join(cells)} | {time_ratio} | {peak_ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="2500,10000,20000", help="world sizes, comma-separated")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/diclip-scale"))
+    ap.add_argument("--stages", default=",".join(ORDER), help="the stages to run (their inputs must be there)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep every size's artifacts")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = [s for s in stages if s not in ORDER]
+    if unknown:
+        raise SystemExit(f"--stages: unknown stage(s) {unknown}; stages: {', '.join(ORDER)}")
+    rows = []
+    for n in sizes:
+        rows += run_size(n, args.out, stages, args.seed)
+        (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
+        if not args.keep:
+            for big in ("shapes", "diffusion.zarr", "cams.zarr", "cams_round2.zarr", "tsa_features.zarr"):
+                subprocess.run(["rm", "-rf", str(args.out / str(n) / "artifacts" / big)], check=False)
+    print(table(rows, sizes))
+
+
+if __name__ == "__main__":
+    main()
