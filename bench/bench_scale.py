@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,18 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 ORDER = ("shapes_world", "prepare", "diffusion_attention", "tsa_cache", "cams", "eval_cams", "tsa_adapt", "train",
          "evaluate", "report")
-WRAPPER = ("import resource, subprocess, sys, json\n"
-           "rc = subprocess.run(sys.argv[1:]).returncode\n"
-           "print(json.dumps({'rc': rc, 'maxrss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
-
-
-def stage_commands() -> dict[str, list[str]]:
-    """{stage: its `diclip` subcommand words}, as dvc.yaml runs them."""
-    import yaml
-
-    return {name: entry["cmd"].split()[1:] for name, entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()}
-
-
 def portable(value, root: Path):
     """params with every value naming a file of the checkout made absolute (the stages run elsewhere)."""
     if isinstance(value, dict):
@@ -73,6 +59,8 @@ def run_size(n: int, out: Path, stages: tuple[str, ...], seed: int) -> list[dict
     if not (folder / "docs").exists():
         (folder / "docs").symlink_to(ROOT / "docs")  # the report's ablation table
     stage_a_splits = list(params["diffusion_attention"]["splits"] or ["train", "val"])
+    from pipeline.measure import run_measured, stage_commands
+
     commands = stage_commands()
     rows = []
     for name in ORDER:
@@ -81,15 +69,13 @@ def run_size(n: int, out: Path, stages: tuple[str, ...], seed: int) -> list[dict
         cmd = [str(ROOT / ".venv" / "bin" / "diclip"), "-q", *commands[name]]  # every artifact at its default path
         if name == "shapes_world":
             cmd += ["--seed", str(seed)]
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=folder, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        if result["rc"] != 0:
-            raise SystemExit(f"{name} at N = {n} failed:\n{proc.stderr[-3000:]}")
+        run = run_measured(cmd, folder)
+        if run.rc != 0:
+            raise SystemExit(f"{name} at N = {n} failed:\n{run.stderr[-3000:]}")
+        wall = run.seconds
         images = images_of(name, sizes, stage_a_splits)
         rows.append({"n": n, "stage": name, "seconds": round(wall, 1), "images": images,
-                     "s_per_image": wall / images if images else None, "peak_mib": result["maxrss_kib"] / 1024})
+                     "s_per_image": wall / images if images else None, "peak_mib": run.peak_mib})
         print(f"N={n:6d} {name:20s} {wall:8.1f} s  peak {rows[-1]['peak_mib']:8.0f} MiB", flush=True)
     return rows
 

@@ -388,7 +388,7 @@ def dask_client(params: RunnerParams):
         del os.environ["MALLOC_TRIM_THRESHOLD_"]
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}), LocalCluster(
         n_workers=params.n_workers, threads_per_worker=params.threads_per_worker, processes=True,
-        memory_limit=params.memory_limit, host="127.0.0.1", dashboard_address=None,
+        memory_limit=worker_memory_limit(params), host="127.0.0.1", dashboard_address=None,
         # no dashboard; the scheduler's health endpoint takes any free loopback port, so a second
         # cluster on the machine is not greeted with "Port 8787 is already in use"
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.INFO if verbose else logging.WARNING,
@@ -399,6 +399,19 @@ def dask_client(params: RunnerParams):
             yield client
         finally:
             client.close()
+
+
+def worker_memory_limit(params: RunnerParams) -> str | int:
+    """Each LocalCluster worker's memory limit: "auto" is the machine's memory shared equally by the workers.
+
+    Dask's own "auto" shares it by dask threads (memory x threads_per_worker / cores), but our workers
+    compute with torch threads, not dask threads: one worker with one dask thread on a 16-core GPU host
+    would get a sixteenth of the memory, and pause, then die, holding SD 2.1-base."""
+    if params.memory_limit != "auto":
+        return params.memory_limit
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT // params.n_workers)
 
 
 CONNECT_SECONDS = 10  # distributed keeps retrying a refused connection until then

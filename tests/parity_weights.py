@@ -8,31 +8,13 @@ import hashlib
 
 import torch
 
+# SD 2.1-base's component configs, as the diclip-path README lists them
+from pipeline.models.sd21 import SD21_SCHEDULER, SD21_UNET, SD21_VAE
+
 CLIP_SHA256 = "638275dbb0e051f9769db0a8cc45333a840e1fe81669d253d9d60c1fca5697eb"
 UNET_INIT_SHA256 = "92dda5ffa432a8ce7f2cc339dd50fa3f18354ba81c8611a34e17a2c102b7b3f7"
 UNET_SHA256 = "0377c46b23d2632b7b56e7a7d402c3ce4b05a3b41c35a17b1e52c2538b66361b"
 VAE_SHA256 = "383682443f2e70b745d92616a59c039b5d69606dc7108bfb52933ea24ee24183"
-
-# SD 2.1-base's component configs, as the diclip-path README lists them
-SD21_UNET = dict(
-    act_fn="silu", attention_head_dim=[5, 10, 20, 20], block_out_channels=[320, 640, 1280, 1280],
-    center_input_sample=False, cross_attention_dim=1024,
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], downsample_padding=1,
-    dual_cross_attention=False, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
-    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, num_class_embeds=None, only_cross_attention=False,
-    out_channels=4, sample_size=64, up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    upcast_attention=False, use_linear_projection=True,
-)
-SD21_VAE = dict(
-    act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4, in_channels=3, latent_channels=4, layers_per_block=2,
-    norm_num_groups=32, out_channels=3, sample_size=512, scaling_factor=0.18215,
-)
-SD21_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, prediction_type="epsilon", clip_sample=False,
-)
-
 
 def sha256_of(state: dict) -> str:
     """The references' checksum: per key in sorted order, the key's UTF-8 bytes, a NUL byte, then the

@@ -69,7 +69,7 @@ class RunnerParams:
     n_workers: int = 2  # LocalCluster worker processes
     threads_per_worker: int = 1  # dask threads per worker process
     torch_threads: int = 1  # torch intra-op threads inside each worker (n_workers * torch_threads <= cores)
-    memory_limit: str = "auto"  # per-worker memory limit for the LocalCluster (dask syntax, e.g. "4GiB")
+    memory_limit: str = "auto"  # per-worker memory limit for the LocalCluster (dask syntax, e.g. "4GiB"); auto: memory / n_workers
     in_process: bool = False  # run every image in this process, no dask (debugging, profiling)
 
     def __post_init__(self) -> None:
