@@ -140,20 +140,34 @@ def test_tiny_clip_is_registered():
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_tiny_clip_checkpoint_roundtrip(tmp_path, suffix):
-    torch.manual_seed(0)
     first = load_clip(TINY_CLIP, None, device="cpu", precision="fp32")
     assert not first.model.training
     assert not any(p.requires_grad for p in first.model.parameters())
+    with torch.no_grad():  # other weights than the seeded random init, as a trained model's
+        for param in first.model.parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())) * 0.01)
     path = save_clip_checkpoint(first.model, tmp_path / f"tiny{suffix}")
     assert path.is_file() and not list(tmp_path.glob(".*.tmp"))
 
-    torch.manual_seed(1)
     other = load_clip(TINY_CLIP, None, device="cpu")
     assert not torch.equal(other.model.visual.conv1.weight, first.model.visual.conv1.weight)
 
     loaded = load_clip(TINY_CLIP, str(path), device="cpu")
     assert loaded.pretrained == str(path)
     _assert_same_state(first.model, loaded.model)
+
+
+def test_random_clip_weights_are_the_same_whatever_the_rng_and_leave_it_alone():
+    """`pretrained: None` is one set of weights (its fingerprint says so): train and evaluate, or two runs, agree."""
+    torch.manual_seed(1)
+    first = load_clip(TINY_CLIP, None, device="cpu", precision="fp32").model
+    after_first = torch.rand(3)
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = load_clip(TINY_CLIP, None, device="cpu", precision="fp32").model
+    _assert_same_state(first, second)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after_first)  # the caller's stream continues as if nothing was drawn
 
 
 def test_tiny_clip_shapes_and_features():

@@ -69,6 +69,7 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+RANDOM_INIT_SEED = 0  # `pretrained: None`: open_clip's initialisation under this seed, the same in every process
 
 
 def register_tiny_clip_configs() -> None:
@@ -116,12 +117,14 @@ def load_clip(
     device: str = "auto",
     precision: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = RANDOM_INIT_SEED,
 ) -> LoadedClip:
     """Build an open_clip CLIP, load its weights, and freeze it (eval mode, no gradients).
 
     Args:
         model_name: architecture name from :func:`list_clip_models`.
-        pretrained: open_clip tag, local checkpoint path, or ``None`` (random init).
+        pretrained: open_clip tag, local checkpoint path, or ``None`` (random init under ``seed``:
+            the same weights in every process).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         precision: ``"auto"``, ``"fp32"``, ``"fp16"``, ``"bf16"`` (open_clip's mixed precision:
             weights in low precision, as OpenAI ran CLIP).
@@ -136,16 +139,21 @@ def load_clip(
     dtype = resolve_dtype(precision, dev)
     model_cfg = _model_config(model_name)
     checkpoint, preprocess_cfg = _resolve_weights(model_name, model_cfg, pretrained, cache_dir)
-    model = open_clip.create_model(
-        model_name,
-        pretrained=checkpoint,
-        precision=_PRECISION_NAMES[dtype],
-        device=dev,
-        force_preprocess_cfg=preprocess_cfg,
-        # OpenAI's JIT archives can only be read by torch.jit.load, which weights_only forbids.
-        weights_only=not (checkpoint is not None and _is_torchscript(Path(checkpoint))),
-        cache_dir=None if cache_dir is None else str(cache_dir),
-    )
+    # Random weights (``pretrained: None``) are drawn under a fixed seed without touching the caller's
+    # RNG: every process and stage then builds the same model (the segmenter that evaluate reloads is
+    # the one train fitted; a second run's CAMs are the first's), as the fingerprint "<name>:None" says.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model = open_clip.create_model(
+            model_name,
+            pretrained=checkpoint,
+            precision=_PRECISION_NAMES[dtype],
+            device=dev,
+            force_preprocess_cfg=preprocess_cfg,
+            # OpenAI's JIT archives can only be read by torch.jit.load, which weights_only forbids.
+            weights_only=not (checkpoint is not None and _is_torchscript(Path(checkpoint))),
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
     model.eval().requires_grad_(False)
     visual = model.visual
     image_size, patch_size = _square(visual.image_size, "image_size"), _square(visual.patch_size, "patch_size")

@@ -182,8 +182,7 @@ def evaluate_clip(model: nn.Module, tokenizer: Any, config: ClipEvalConfig = Cli
             raise ValueError("the random-init baseline needs model_name")
         from pipeline.models import load_clip
 
-        torch.manual_seed(config.random_init_seed)
-        random_model = load_clip(model_name, None, device="cpu").model
+        random_model = load_clip(model_name, None, device="cpu", seed=config.random_init_seed).model
         scores = _score(random_model, tokenizer, tune, test, recipe)
         record["baselines"]["random_init"] = {"presence_auc_mean": scores["presence_auc"]["mean"],
                                               **{k: v for k, v in scores["cam"].items() if k != "tune_sweep"}}
