@@ -55,6 +55,8 @@ def test_the_shipped_params_file_is_valid_and_overrides_defaults():
     ({"evaluate": {"scales": []}}, "evaluate.scales must be a non-empty list of positive factors, got []"),
     ({"evaluate": {"fraction": 1.5}}, "evaluate.fraction must be in (0, 1], got 1.5"),
     ({"dataset": "voc"}, "dataset must be a mapping"),
+    ({"models": {"precision": "fp16", "device": "cpu"}}, "models.precision fp16 needs a GPU, and device is cpu"),
+    ({"models": {"device": "gpu0"}}, "models.device must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
 ])
 def test_bad_params_are_rejected_by_name(data, message):
     with pytest.raises(ParamsError) as info:

@@ -9,6 +9,7 @@ evaluation keys: no field or default is written twice (tests/test_params.py chec
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,6 +126,13 @@ class ModelsParams:
     sd: SDModelParams = field(default_factory=SDModelParams)
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+
+    def __post_init__(self) -> None:
+        # up front, not once per image in the workers (a GPU-less "auto" is still resolved there)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision fp16 needs a GPU, and device is cpu: use fp32, bf16, or auto (fp32 on the CPU)")
 
 
 @dataclass(frozen=True)
