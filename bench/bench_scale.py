@@ -28,17 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 ORDER = ("shapes_world", "prepare", "diffusion_attention", "tsa_cache", "cams", "eval_cams", "tsa_adapt", "train",
          "evaluate", "report")
-def portable(value, root: Path):
-    """params with every value naming a file of the checkout made absolute (the stages run elsewhere)."""
-    if isinstance(value, dict):
-        return {k: portable(v, root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [portable(v, root) for v in value]
-    if isinstance(value, str) and value and not value.startswith("/") and (root / value).exists():
-        return str(root / value)
-    return value
-
-
 def images_of(name: str, sizes: dict[str, int], stage_a_splits: list[str]) -> int:
     """How many images of the world the stage's work grows with (0: fixed work)."""
     total = sum(sizes.values())
@@ -52,24 +41,20 @@ def run_size(n: int, out: Path, stages: tuple[str, ...], seed: int) -> list[dict
     folder = out / str(n)
     folder.mkdir(parents=True, exist_ok=True)
     sizes = {"train": n * 4 // 5, "val": n - n * 4 // 5}
-    params = portable(yaml.safe_load((ROOT / "params.yaml").read_text()), ROOT)
+    from pipeline.measure import portable_params, run_stage_measured
+
+    params = portable_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     params["dataset"]["root"] = "artifacts/shapes"
     params["shapes"]["splits"] = sizes
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (folder / "docs").exists():
         (folder / "docs").symlink_to(ROOT / "docs")  # the report's ablation table
     stage_a_splits = list(params["diffusion_attention"]["splits"] or ["train", "val"])
-    from pipeline.measure import run_measured, stage_commands
-
-    commands = stage_commands()
     rows = []
     for name in ORDER:
         if name not in stages:
             continue
-        cmd = [str(ROOT / ".venv" / "bin" / "diclip"), "-q", *commands[name]]  # every artifact at its default path
-        if name == "shapes_world":
-            cmd += ["--seed", str(seed)]
-        run = run_measured(cmd, folder)
+        run = run_stage_measured(name, folder, args=["--seed", str(seed)] if name == "shapes_world" else [])
         if run.rc != 0:
             raise SystemExit(f"{name} at N = {n} failed:\n{run.stderr[-3000:]}")
         wall = run.seconds

@@ -150,28 +150,18 @@ def class_subset(folder: Path, preset: str, names: list[str]) -> tuple[dict, tup
     return overrides, tuple(range(1, min(len(names), 3) + 1))
 
 
-def portable(value, root: Path):
-    """params with every value naming a file of the checkout made absolute (the stages run elsewhere)."""
-    if isinstance(value, dict):
-        return {k: portable(v, root) for k, v in value.items()}
-    if isinstance(value, list):
-        return [portable(v, root) for v in value]
-    if isinstance(value, str) and value and " " not in value and not value.startswith("/") and (root / value).exists():
-        return str(root / value)
-    return value
-
-
 def write_params(folder: Path, args: argparse.Namespace, data: Path, sd: Path, overrides: dict) -> dict:
     """params.yaml in ``folder``: the checkout's, switched to the preset, then the counts reduced and
     ``overrides`` ({section: {key: value}}) set."""
     import yaml
 
+    from pipeline.measure import portable_params
     from pipeline.params.presets import apply_preset
 
     path = folder / "params.yaml"
     shutil.copyfile(ROOT / "params.yaml", path)
     apply_preset(path, args.preset, root=str(data))
-    params = portable(yaml.safe_load(path.read_text()), ROOT)
+    params = portable_params(yaml.safe_load(path.read_text()))
     params["models"]["clip"]["pretrained"] = None
     params["models"]["sd"]["model"] = str(sd)
     params["models"]["device"] = args.device
@@ -207,15 +197,13 @@ def images_of(stage: str, params: dict, counts: dict[str, int], n_classes: int) 
 
 
 def run_stages(folder: Path, stages: tuple[str, ...], params: dict, counts: dict[str, int]) -> list[dict]:
-    from pipeline.measure import run_measured, stage_commands
+    from pipeline.measure import run_stage_measured
     from pipeline.store.dataset_index import DatasetIndex
 
-    commands = stage_commands()
-    diclip = str(Path(sys.executable).parent / "diclip")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if params["models"]["device"] == "cpu" else None
     rows = []
     for name in stages:
-        run = run_measured([diclip, "-q", *commands[name]], folder, env, gpu=params["models"]["device"] != "cpu")
+        run = run_stage_measured(name, folder, env=env, gpu=params["models"]["device"] != "cpu")
         if run.rc != 0:
             raise SystemExit(f"fullsize: {name} failed (exit {run.rc}) in {folder}:\n{run.stderr}")
         n_classes = len(DatasetIndex.load(folder / "artifacts" / "index").class_names) if name == "tsa_cache" else 0
@@ -263,7 +251,7 @@ def compare(folder: Path, args: argparse.Namespace, params: dict) -> dict[str, f
     import numpy as np
     import yaml
 
-    from pipeline.measure import run_measured, stage_commands
+    from pipeline.measure import run_stage_measured
     from pipeline.store.image_store import ImageStore
 
     other = folder / "compare"
@@ -283,10 +271,8 @@ def compare(folder: Path, args: argparse.Namespace, params: dict) -> dict[str, f
     (other / "params.yaml").write_text(yaml.safe_dump(mine, sort_keys=False))
     (other / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(folder / "artifacts" / "tsa_cache.h5", other / "artifacts" / "tsa_cache.h5")
-    commands = stage_commands()
-    diclip = str(Path(sys.executable).parent / "diclip")
     for name in ("prepare", "diffusion_attention", "cams"):
-        run = run_measured([diclip, "-q", *commands[name]], other)
+        run = run_stage_measured(name, other)
         if run.rc != 0:
             raise SystemExit(f"fullsize: {name} on {args.compare_device} failed:\n{run.stderr}")
     diffs = {}

@@ -3,7 +3,8 @@
 The peak is the largest resident set of the command and every process below it (the runner's dask
 workers included): a small wrapper process waits for the command and reads
 ``getrusage(RUSAGE_CHILDREN)``, which covers every descendant reaped under it. Used by the benchmarks
-(bench/bench_scale.py, bench/fullsize.py) and the full-size test.
+(bench/bench_scale.py, bench/fullsize.py), which run stages in folders of their own: hence
+:func:`portable_params` too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 from pipeline.codegraph import REPO_ROOT
 
@@ -39,6 +41,26 @@ def stage_commands(dvc_yaml: Path = REPO_ROOT / "dvc.yaml") -> dict[str, list[st
     import yaml
 
     return {name: entry["cmd"].split()[1:] for name, entry in yaml.safe_load(dvc_yaml.read_text())["stages"].items()}
+
+
+def portable_params(value: Any, root: Path = REPO_ROOT) -> Any:
+    """Params with every value that names a file of the checkout made absolute, so the stages can run in
+    another folder (a prompt template, which holds spaces, is never a path)."""
+    if isinstance(value, dict):
+        return {k: portable_params(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_params(v, root) for v in value]
+    if isinstance(value, str) and value and " " not in value and not value.startswith("/") and (root / value).exists():
+        return str(root / value)
+    return value
+
+
+def run_stage_measured(stage: str, cwd: Path, *, args: Sequence[str] = (), env: dict[str, str] | None = None,
+                       gpu: bool = False) -> Measured:
+    """Run ``stage``'s `diclip` command as dvc.yaml has it (every artifact at its default path under ``cwd``),
+    with this interpreter's environment's `diclip`, and measure it (:func:`run_measured`)."""
+    cmd = [str(Path(sys.executable).parent / "diclip"), "-q", *stage_commands()[stage], *args]
+    return run_measured(cmd, cwd, env, gpu=gpu)
 
 
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, *, gpu: bool = False) -> Measured:
