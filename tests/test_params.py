@@ -65,6 +65,13 @@ def test_bad_params_are_rejected_by_name(data, message):
     assert str(info.value).startswith("params.yaml: ")
 
 
+def test_device_names_are_read_as_the_model_loader_reads_them():
+    """Case and spaces do not matter to resolve_device, so not to the up-front check either."""
+    assert parse_params({"models": {"device": " CUDA:0 ", "precision": "fp16"}}).models.device == " CUDA:0 "
+    with pytest.raises(ParamsError, match="models.precision fp16 needs a GPU, and device is cpu"):
+        parse_params({"models": {"device": "CPU", "precision": "fp16"}}, "params.yaml")
+
+
 def test_missing_and_malformed_files_name_the_file(tmp_path):
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")

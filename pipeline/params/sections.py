@@ -128,10 +128,12 @@ class ModelsParams:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
 
     def __post_init__(self) -> None:
-        # up front, not once per image in the workers (a GPU-less "auto" is still resolved there)
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        # up front, not once per image in the workers (a GPU-less "auto" is still resolved there); the names
+        # are pipeline.models.device.resolve_device's, read as it reads them, without importing torch here
+        device = self.device.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.precision == "fp16" and self.device == "cpu":
+        if self.precision == "fp16" and device == "cpu":
             raise ValueError("precision fp16 needs a GPU, and device is cpu: use fp32, bf16, or auto (fp32 on the CPU)")
 
 
