@@ -12,9 +12,9 @@ processes, which must agree exactly.
 
 - slow (CI's second step, about 4 minutes): `bash bench/gpu_check.sh --device cpu`, the GPU check's CPU
   mode, on 2 of VOC's classes (the cost is one 384 px generation per class) and 3 photos;
-- fullsize (on demand: `bash scripts/test.sh -m fullsize`): every stage with VOC's 20 classes (about 12
-  minutes on 2 cores) and COCO's 80 classes with 5 keys per class (about 35 minutes), which CI's 45
-  minutes cannot hold beside the rest.
+- fullsize (on demand: `bash scripts/test.sh -m fullsize`): every stage with VOC's 20 classes (13
+  minutes on 2 cores) and COCO's 80 classes (41 minutes; one key per class, as one image is drawn per
+  class), which CI's 45 minutes cannot hold beside the rest.
 """
 
 from __future__ import annotations
