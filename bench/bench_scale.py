@@ -10,7 +10,7 @@ stage, which covers every descendant reaped below it). Each size runs in its own
 artifacts at their default paths there and the params' file paths made absolute. It prints, per stage, the seconds, the seconds
 per image it processes (the images that grow with N: all for prepare, cams, eval_cams and tsa_adapt,
 the computed splits for stage A, val for evaluate; none for tsa_cache, train and report, whose work is
-fixed), the peak memory, and the ratios of the largest size to the smallest. Issue 25's goals: peak
+fixed), the peak memory, and the ratios of the largest size to the smallest, and each artifact's bytes on disk (OUT/disk.json). Issue 25's goals: peak
 memory within 1.2x and time per image within 1.2x from the smallest size to the largest. By default a
 size's largest stores are deleted once it is measured (`--keep` leaves them).
 """
@@ -99,10 +99,16 @@ def main() -> None:
     unknown = [s for s in stages if s not in ORDER]
     if unknown:
         raise SystemExit(f"--stages: unknown stage(s) {unknown}; stages: {', '.join(ORDER)}")
-    rows = []
+    from pipeline.measure import artifact_bytes
+
+    rows: list[dict] = []
+    disk: dict[int, dict[str, int]] = {}
     for n in sizes:
         rows += run_size(n, args.out, stages, args.seed)
+        disk[n] = artifact_bytes(args.out / str(n))
         (args.out / "scale.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "disk.json").write_text(json.dumps(disk, indent=1))
+        print(f"N={n:6d} disk: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in disk[n].items()), flush=True)
         if not args.keep:
             for big in ("shapes", "diffusion.zarr", "cams.zarr", "cams_round2.zarr", "tsa_features.zarr"):
                 subprocess.run(["rm", "-rf", str(args.out / str(n) / "artifacts" / big)], check=False)

@@ -84,3 +84,13 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, *
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return Measured(rc=result["rc"], seconds=seconds, peak_mib=result["maxrss_kib"] / 1024, stderr=proc.stderr[-4000:],
                     peak_gpu_mib=peak_gpu)
+
+
+def artifact_bytes(folder: Path) -> dict[str, int]:
+    """Bytes on disk of each entry of ``folder``/artifacts (a store, a folder or a file): the benchmarks'
+    per-image disk figures come from these at two dataset sizes."""
+    sizes = {}
+    for entry in sorted((folder / "artifacts").iterdir()):
+        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+        sizes[entry.name] = sum(f.stat().st_size for f in files)
+    return sizes

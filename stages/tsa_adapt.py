@@ -64,7 +64,7 @@ def body(ctx: StageContext) -> tuple[dict, dict]:
 
     from pipeline import atomic
     from pipeline.models.clip import clip_patch_size
-    from pipeline.store.patch_features import StoredPatches
+    from pipeline.store.patch_features import SHARD_IMAGES, StoredPatches
     from pipeline.tasks.clip_cams import CamTask, ClipCams, FeatureTask
     from pipeline.tasks.label_scores import cams_metric
     from pipeline.tsa.adapter import fit_adapter
@@ -80,7 +80,7 @@ def body(ctx: StageContext) -> tuple[dict, dict]:
     grid = cams.config.clip_size // clip_patch_size(cams.model)
     features, _ = ctx.images(task, ctx.path(artifacts.TSA_FEATURES), ids=train, specs=task.specs(grid, keys.shape[1]),
                              key=features_stamp["fingerprint"], attrs={**features_stamp, "grid": grid},
-                             shard_images=ctx.params.cams.shard_images, desc="tsa_adapt features")
+                             shard_images=SHARD_IMAGES, desc="tsa_adapt features")
     adapter, losses = fit_adapter(torch.from_numpy(keys), torch.from_numpy(values), StoredPatches(features), cfg)
     weights = ctx.path(artifacts.TSA_ADAPTER)
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}

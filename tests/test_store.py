@@ -46,6 +46,30 @@ def test_packing_writes_values_digests_and_done_flags_then_drops_staged_files(tm
     assert store.resume(digests.__getitem__).rows == [2, 3, 4]
 
 
+def test_packing_a_block_holds_one_arrays_block_at_a_time(tmp_path):
+    """What packing takes grows with a shard's images times one array's bytes, not every array's twice over
+    (stage A packs R, P's values and P's indices; at SD's size a 4,096-image shard of P's values is 0.8 GB)."""
+    import tracemalloc
+
+    n, shape = 64, (64, 256)  # 32 KiB per image per array, 2 MiB per array's block
+    specs = (ArraySpec("a", shape, "float16"), ArraySpec("b", shape, "float16"), ArraySpec("c", shape, "float16"))
+    store = create(tmp_path / "s.zarr", ids=[f"i{i}" for i in range(n)], specs=specs, shard=n)
+    rng = np.random.default_rng(0)
+    rows = {i: {name: rng.standard_normal(shape).astype("float16") for name in "abc"} for i in range(n)}
+    for i, values in rows.items():
+        store.stage_image(i, values, b"d%d" % i)
+    tracemalloc.start()
+    assert store.pack_block(store.blocks()[0]) == n
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_block = n * 64 * 256 * 2
+    # one array's block, its compressed chunks and the shard zarr encodes them into: 3.0x (incompressible noise);
+    # holding the staged rows and every array's block took 8.0x
+    assert peak < 4 * one_block, peak / one_block
+    assert all(np.array_equal(store.read(name, i), rows[i][name]) for i in (0, 17, n - 1) for name in "abc")
+    assert store.done().all()
+
+
 def test_resume_keeps_done_images_with_the_same_key(tmp_path):
     write_first_block(create(tmp_path / "s.zarr"))
     again = create(tmp_path / "s.zarr")
