@@ -305,7 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"fullsize: preset {args.preset}, {counts['train']} train + {counts['val']} val photos, device {args.device}, "
           f"in {folder}", flush=True)
     rows = run_stages(folder, tuple(args.stages.split(",")), params, counts)
-    result = {"preset": args.preset, "device": args.device, "counts": counts, "stages": rows}
+    from pipeline.measure import artifact_bytes
+
+    work = {"tsa_steps": params["tsa_cache"]["steps"], "adapt_iterations": params["tsa_adapt"]["iterations"],
+            "train_iterations": params["train"]["iterations"], "train_batch": params["train"]["batch"]}
+    result = {"preset": args.preset, "device": args.device, "counts": counts, "work": work, "stages": rows,
+              "disk_bytes": artifact_bytes(folder)}
     if args.compare_device:
         result["max_abs_difference"] = compare(folder, args, params)
         for name, value in result["max_abs_difference"].items():
