@@ -10,8 +10,8 @@ stage, which covers every descendant reaped below it). Each size runs in its own
 artifacts at their default paths there and the params' file paths made absolute. It prints, per stage, the seconds, the seconds
 per image it processes (the images that grow with N: all for prepare, cams, eval_cams and tsa_adapt,
 the computed splits for stage A, val for evaluate; none for tsa_cache, train and report, whose work is
-fixed), the peak memory, and the ratios of the largest size to the smallest, and each artifact's bytes on disk (OUT/disk.json). Issue 25's goals: peak
-memory within 1.2x and time per image within 1.2x from the smallest size to the largest. By default a
+fixed), the peak memory and the ratios of the largest size to the smallest; and each artifact's bytes on
+disk per size (OUT/disk.json). Issue 25's goals: peak memory within 1.2x and time per image within 1.2x from the smallest size to the largest. By default a
 size's largest stores are deleted once it is measured (`--keep` leaves them).
 """
 

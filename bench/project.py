@@ -29,8 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
 # image counts of the datasets' splits (VOC 2012 + SBD's train_aug; COCO 2014)
 DATASETS = {"voc": {"train": 10_582, "val": 1_449}, "coco": {"train": 82_783, "val": 40_504}}
+CLASSES = {"voc": 20, "coco": 80}
 ORDER = ("prepare", "diffusion_attention", "tsa_cache", "cams", "eval_cams", "tsa_adapt", "train", "evaluate", "report")
 PER_IMAGE = ("prepare", "diffusion_attention", "cams", "eval_cams")
 # what each artifact grows with: the train split, the eval split, every image, drawn TSA images; else fixed
@@ -65,22 +69,22 @@ def fit(points: list[tuple[dict[str, float], float]]) -> tuple[float, dict[str, 
     return float(coef[0]), dict(zip(varied, map(float, coef[1:]))), [n for n in names if n not in varied]
 
 
-def preset_work(stage: str, preset: str, params: dict) -> dict[str, float]:
-    counts = DATASETS[preset]
-    classes = 20 if preset == "voc" else 80
-    work = {"tsa_steps": params["tsa_cache"]["steps"], "adapt_iterations": params["tsa_adapt"]["iterations"],
-            "train_iterations": params["train"]["iterations"], "train_batch": params["train"]["batch"]}
-    return work_of(stage, counts, work, classes * params["tsa_cache"]["images_per_class"])
-
-
 def preset_params(preset: str) -> dict:
+    """The checkout's params.yaml with the preset's sections over it (what `diclip params preset` writes)."""
     import yaml
 
-    root = Path(__file__).resolve().parent.parent
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in yaml.safe_load((root / "pipeline/params/presets" / f"{preset}.yaml").read_text()).items():
+    from pipeline.params.presets import load_preset
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in load_preset(preset).items():
         params[section].update(values or {})
     return params
+
+
+def preset_work(stage: str, preset: str, params: dict) -> dict[str, float]:
+    work = {"tsa_steps": params["tsa_cache"]["steps"], "adapt_iterations": params["tsa_adapt"]["iterations"],
+            "train_iterations": params["train"]["iterations"], "train_batch": params["train"]["batch"]}
+    return work_of(stage, DATASETS[preset], work, CLASSES[preset] * params["tsa_cache"]["images_per_class"])
 
 
 def tsa_images(run: dict) -> int:
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=Path, default=None, help="bench/bench_scale.py's scale.json")
     args = ap.parse_args(argv)
     runs = [json.loads(p.read_text()) for p in args.runs]
+    presets = {preset: preset_params(preset) for preset in DATASETS}
     if len({r["preset"] for r in runs}) != 1 or len({r["device"] for r in runs}) != 1:
         raise SystemExit("project: the runs must share one preset and one device "
                          f"(got {sorted({(r['preset'], r['device']) for r in runs})})")
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = [stage, f"{fixed:.1f}", costs or "-", f"{peak:,.0f}"] + ([f"{scale[stage]:.2f}" if stage in scale else ""]
                                                                     if scale else [])
         for preset in DATASETS:
-            work = preset_work(stage, preset, preset_params(preset))
+            work = preset_work(stage, preset, presets[preset])
             seconds = fixed + sum(c * work[n] for n, c in cost.items())
             totals[preset] += seconds
             cells.append(hours(seconds))
@@ -156,9 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"`{name}`", grows or "fixed", human(max(fixed, 0)),
                  "shrank between the runs: not projected" if shrank else f"{per / 2**10:,.1f} KiB" if count_of else "-"]
         for preset in DATASETS:
-            params = preset_params(preset)
-            counts = DATASETS[preset]
-            n = count_of(counts, (20 if preset == "voc" else 80) * params["tsa_cache"]["images_per_class"]) if count_of else 0
+            drawn = CLASSES[preset] * presets[preset]["tsa_cache"]["images_per_class"]
+            n = count_of(DATASETS[preset], drawn) if count_of else 0
             size = max(fixed, 0) + per * n
             totals[preset] += size
             cells.append(human(size))

@@ -275,23 +275,20 @@ class ImageStore:
         staging = self.staging()
         staging.stage(index, image_id, staging.check(image_id, values), input_digest)
 
-    def load_staged(self, index: int) -> tuple[dict[str, np.ndarray], bytes] | None:
-        """(values, input digest) staged for image `index`, or None when none (or an unreadable one) is there."""
+    def load_staged(self, index: int,
+                    arrays: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], bytes] | None:
+        """(values of `arrays`, default all, and the input digest) staged for image `index`, or None when none (or
+        an unreadable one) is there."""
         path = staging_dir(self.path) / f"{index}.npz"
         if not path.exists():
             return None
+        names = [s.name for s in self.specs] if arrays is None else arrays
         try:
             with np.load(path) as data:
-                return {s.name: data[s.name] for s in self.specs}, bytes(data[INPUT].tobytes())
+                return {name: data[name] for name in names}, bytes(data[INPUT].tobytes())
         except Exception as err:  # a staged file that cannot be read is recomputed, not trusted
             log.warning("%s: ignoring unreadable staged image (%s)", path, err)
             return None
-
-    def _staged_digest(self, index: int) -> bytes | None:
-        """The input digest of image `index`'s staged file once every member of it reads back (their CRCs
-        checked, the arrays dropped at once), or None when there is none or it is unreadable."""
-        kept = self.load_staged(index)
-        return None if kept is None else kept[1]
 
     def _has_staged(self, index: int) -> bool:
         return (staging_dir(self.path) / f"{index}.npz").exists()
@@ -324,7 +321,9 @@ class ImageStore:
         over a 4,096-image shard, against 3.4 GB holding the staged rows and the block of every array)."""
         start, stop = block.start, block.stop
         done = self.done()[start:stop]
-        digests_of = {i: d for i in block if not done[i - start] and (d := self._staged_digest(i)) is not None}
+        # the digests first; each array is read from the staged files as it is placed
+        digests_of = {i: kept[1] for i in block
+                      if not done[i - start] and (kept := self.load_staged(i, arrays=())) is not None}
         if not digests_of:
             return 0
         staging = staging_dir(self.path)
